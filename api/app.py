@@ -1,0 +1,114 @@
+"""create_app(settings): the pool's lifespan, routes, authentication, error handlers, CORS, OpenAPI."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request, Response, Router, get
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+
+from . import __version__, tasks
+from .auth import Verifier
+from .config import Settings
+from .db import Database
+from .errors import EXCEPTION_HANDLERS, ErrorBody, Forbidden, UnsupportedMediaType, respond
+from .logs import RequestLog
+from .openapi import error_responses, openapi_config
+
+log = logging.getLogger("taskapi")
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def create_app(settings: Settings) -> RequestLog:
+    """The ASGI application for these settings; no global state."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        db = Database(settings)
+        await db.open()  # raises RoleUnfit: a role that could bypass RLS never serves
+        app.state.db = db
+        try:
+            yield
+        finally:
+            await db.close()
+
+    api = Router(path="/api", route_handlers=tasks.HANDLERS, before_request=authenticate,
+                 security=[{"BearerToken": []}], tags=["tasks"])
+    compat = Router(path="/api/{user_id:str}", route_handlers=tasks.compat_handlers(),
+                    before_request=authenticate, security=[{"BearerToken": []}], tags=["tasks (by user id)"])
+    cors = None
+    if settings.cors_origins:
+        cors = CORSConfig(
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "If-Match", "X-Request-ID"],
+            expose_headers=["Location", "ETag", "X-Request-ID"],
+            max_age=600,
+        )
+    app = Litestar(
+        route_handlers=[health, ready, api, compat],
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        cors_config=cors,
+        openapi_config=openapi_config(__version__),
+        request_max_body_size=MAX_BODY_BYTES,
+        state=State({"verifier": Verifier(settings)}),
+        logging_config=None,
+        debug=False,
+    )
+    return RequestLog(app)
+
+
+async def authenticate(request: Request[Any, Any, State]) -> None:
+    """before_request of every /api route: token → user id, then the checks that need no data.
+
+    Order: 401 (who are you) before 403 (the `{user_id}` of a compatibility path is not you) before
+    415 (the body is not JSON); the body itself is parsed after this hook.
+    """
+    user_id = await request.app.state.verifier.user_id(request.headers.get("authorization"))
+    path_user = request.path_params.get("user_id")
+    if path_user is not None and path_user != user_id:
+        raise Forbidden("the user id in the path is not the token's")
+    if request.route_handler.opt.get("json_body"):
+        _require_json(request)
+    request.scope["taskapi.user_id"] = user_id  # type: ignore[typeddict-unknown-key]
+
+
+def _require_json(request: Request[Any, Any, State]) -> None:
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        if request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers:
+            return  # no body at all: the body parser answers 400 "body required"
+        raise UnsupportedMediaType("the body must be application/json")
+    media_type, _, params = content_type.partition(";")
+    charset = ""
+    for param in params.split(";"):
+        name, _, value = param.strip().partition("=")
+        if name.lower() == "charset":
+            charset = value.strip().strip('"').lower()
+    if media_type.strip().lower() != "application/json" or charset not in ("", "utf-8", "utf8"):
+        raise UnsupportedMediaType("the body must be application/json (UTF-8)")
+
+
+class Status(msgspec.Struct):
+    status: str
+
+
+@get("/health", summary="The process is alive", tags=["operations"], include_in_schema=True)
+async def health() -> Status:
+    return Status("ok")
+
+
+@get("/ready", summary="Database reachable and schema migrated", tags=["operations"],
+     responses={503: error_responses()[503]})
+async def ready(request: Request[Any, Any, State]) -> Response[Status] | Response[ErrorBody]:
+    if await request.app.state.db.ready():
+        return Response(Status("ready"))
+    return respond(503, "service_unavailable", "the database is unreachable or not migrated",
+                   headers={"Retry-After": "1"})

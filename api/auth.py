@@ -1,0 +1,121 @@
+"""Bearer token → verified user id (`sub`). Every 401 reason lives here.
+
+Which key checks a token follows from its header's `alg`, never from anything else in it: HS256
+tokens are checked only against the shared secret, asymmetric ones only against a key source (the
+JWKS of issue #3), so a public key can never be used as an HMAC secret. Verified tokens are cached
+until they expire, so a client that sends the same token repeatedly pays for one verification.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import jwt
+
+from .config import Settings
+from .errors import Unauthorized
+
+MAX_TOKEN_LENGTH = 8192
+MAX_SUB_LENGTH = 255
+SYMMETRIC_ALGORITHMS = frozenset({"HS256"})
+ASYMMETRIC_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
+# A bounded cache: at 10,000 entries it is emptied, which costs one re-verification per live token.
+TOKEN_CACHE_SIZE = 10_000
+
+
+class KeySource(Protocol):
+    """Where public keys come from (a JWKS); returns the key and the one algorithm it accepts."""
+
+    async def key_for(self, kid: str | None, alg: str) -> Any: ...
+
+
+class Verifier:
+    """Checks `Authorization` headers against the configured secret and/or key source."""
+
+    def __init__(self, settings: Settings, key_source: KeySource | None = None) -> None:
+        self._secret = settings.jwt_secret.encode() if settings.jwt_secret else None
+        self._key_source = key_source
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self._leeway = settings.jwt_leeway_s
+        self._options: dict[str, Any] = {
+            "require": ["exp", "sub"],
+            # aud is checked only when JWT_AUDIENCE is set: Better Auth always sends one.
+            "verify_aud": settings.jwt_audience is not None,
+        }
+        self._cache: dict[str, tuple[str, float]] = {}
+
+    async def user_id(self, authorization: str | None) -> str:
+        """Return the verified `sub` for this header value; raise `Unauthorized` otherwise."""
+        token = _bearer_token(authorization)
+        cached = self._cache.get(token)
+        if cached is not None:
+            sub, expires = cached
+            if time.time() < expires:
+                return sub
+            del self._cache[token]
+        sub, exp = await self._verify(token)
+        if len(self._cache) >= TOKEN_CACHE_SIZE:
+            self._cache.clear()
+        self._cache[token] = (sub, exp + self._leeway)
+        return sub
+
+    async def _verify(self, token: str) -> tuple[str, float]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthorized("malformed token") from None
+        alg = header.get("alg")
+        if alg in SYMMETRIC_ALGORITHMS and self._secret is not None:
+            key: Any = self._secret
+        elif alg in ASYMMETRIC_ALGORITHMS and self._key_source is not None:
+            kid = header.get("kid")
+            key = await self._key_source.key_for(kid if isinstance(kid, str) else None, alg)
+        else:
+            raise Unauthorized("token algorithm not accepted")
+        try:
+            claims = jwt.decode(token, key, algorithms=[alg], options=self._options, leeway=self._leeway,
+                                issuer=self._issuer, audience=self._audience)
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthorized("token not yet valid") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthorized(f"token has no {exc.claim}") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthorized("token issuer not accepted") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthorized("token audience not accepted") from None
+        except jwt.InvalidSignatureError:
+            raise Unauthorized("token signature invalid") from None
+        except jwt.PyJWTError:
+            raise Unauthorized("token invalid") from None
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_LENGTH or "\x00" in sub:
+            raise Unauthorized("token sub must be a string of 1 to 255 characters")
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float):
+            raise Unauthorized("token has no exp")
+        return sub, float(exp)
+
+
+def _bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthorized("missing bearer token", token_sent=False)
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer":
+        raise Unauthorized("authorization scheme must be Bearer", token_sent=False)
+    token = token.strip()
+    if not token:
+        raise Unauthorized("missing bearer token", token_sent=False)
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise Unauthorized("token too long")
+    return token
+
+
+def mint_token(secret: str, sub: str, *, ttl_s: int = 3600, extra: dict[str, Any] | None = None) -> str:
+    """An HS256 token for `taskapi token` and `taskapi dev` (manual testing only)."""
+    now = int(time.time())
+    claims = {"sub": sub, "iat": now, "exp": now + ttl_s, **(extra or {})}
+    return jwt.encode(claims, secret, algorithm="HS256")

@@ -1,0 +1,137 @@
+"""The `taskapi` command: argument parsing only; the work is in the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shlex
+import sys
+from pathlib import Path
+
+from .config import ConfigError, Settings, jwt_secret_from_env
+
+EXIT_CONFIG = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="taskapi", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("migrate", help="create roles, apply migrations and policies (DATABASE_ADMIN_URL)")
+    commands.add_parser("serve", help="run the API against DATABASE_URL")
+    commands.add_parser("dev", help="embedded PostgreSQL + migrate + serve, for trying it out")
+    token = commands.add_parser("token", help="print an HS256 token signed with JWT_SECRET")
+    token.add_argument("--sub", required=True, help="the user id to put in the token")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
+    args = parser.parse_args(argv)
+    try:
+        return {"migrate": _migrate, "serve": _serve, "dev": _dev, "token": _token}[args.command](args)
+    except ConfigError as exc:
+        print(f"taskapi: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    admin_dsn = os.environ.get("DATABASE_ADMIN_URL", "").strip()
+    if not admin_dsn:
+        raise ConfigError("DATABASE_ADMIN_URL is not set: give a DSN allowed to create roles "
+                          "(the server's DATABASE_URL is not enough)")
+    return _run_migrate(admin_dsn)
+
+
+def _run_migrate(admin_dsn: str) -> int:
+    import psycopg
+
+    from .migrate import migrate
+
+    try:
+        report = migrate(admin_dsn, app_password=os.environ.get("TASKAPI_APP_PASSWORD") or None,
+                         auditor_password=os.environ.get("TASKAPI_AUDITOR_PASSWORD") or None)
+    except psycopg.Error as exc:
+        print(f"taskapi migrate: failed: {_first_line(exc)}", file=sys.stderr)
+        return 1
+    for role in report.roles_created:
+        print(f"created role {role}")
+    for fix in report.roles_fixed:
+        print(f"fixed role {fix}")
+    for migration in report.migrations_applied:
+        print(f"applied migration {migration}")
+    print(f"applied policies from {', '.join(report.policy_files)}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import StartupError, preflight, run
+
+    settings = Settings.from_env()
+    try:
+        preflight(settings)
+    except StartupError as exc:
+        print(f"taskapi: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    run(settings)
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from . import embedded
+    from .auth import mint_token
+
+    if not os.environ.get("DATABASE_URL"):
+        data_dir = Path(os.environ.get("TASKAPI_DATA_DIR") or ".taskapi")
+        print(f"taskapi dev: starting the embedded PostgreSQL in {data_dir / 'pgdata'} ...", file=sys.stderr)
+        server = embedded.start(data_dir / "pgdata")
+        embedded.ensure_database(server.dsn(), embedded.DEV_DATABASE)
+        os.environ["DATABASE_ADMIN_URL"] = server.dsn(dbname=embedded.DEV_DATABASE)
+        os.environ["DATABASE_URL"] = server.dsn(user="taskapi_app", dbname=embedded.DEV_DATABASE)
+    if os.environ.get("DATABASE_ADMIN_URL") and _run_migrate(os.environ["DATABASE_ADMIN_URL"]) != 0:
+        return 1
+    generated = jwt_secret_from_env() is None
+    if generated:
+        # A throwaway secret for this run only: the tokens printed below stop working at exit.
+        os.environ["JWT_SECRET"] = secrets.token_urlsafe(32)
+    settings = Settings.from_env()
+    base = f"http://{settings.host}:{settings.port}"
+    assert settings.jwt_secret is not None
+    alice = mint_token(settings.jwt_secret, "alice", ttl_s=24 * 3600)
+    bob = mint_token(settings.jwt_secret, "bob", ttl_s=24 * 3600)
+    auth = shlex.quote(f"Authorization: Bearer {alice}")
+    print(f"""
+taskapi dev: serving {base}  (OpenAPI: {base}/schema/openapi.json; Ctrl-C stops it)
+
+Create and list a task as user "alice" (token valid 24 h):
+  curl -s -X POST {base}/api/tasks -H {auth} -H 'Content-Type: application/json' -d '{{"title": "Buy milk"}}'
+  curl -s {base}/api/tasks -H {auth}
+
+User "bob" sees none of alice's tasks:
+  curl -s {base}/api/tasks -H {shlex.quote(f"Authorization: Bearer {bob}")}
+""", file=sys.stderr)
+    if generated:
+        print("(dev-only secret generated for this run; set JWT_SECRET to keep tokens across runs)\n",
+              file=sys.stderr)
+    return _serve(args)
+
+
+def _token(args: argparse.Namespace) -> int:
+    from .auth import MAX_SUB_LENGTH, mint_token
+
+    secret = jwt_secret_from_env()
+    if not secret:
+        raise ConfigError("JWT_SECRET (or BETTER_AUTH_SECRET) is not set: it signs the token")
+    if not args.sub or len(args.sub) > MAX_SUB_LENGTH:
+        raise ConfigError("--sub must be 1 to 255 characters")
+    if args.ttl < 1:
+        raise ConfigError("--ttl must be a positive number of seconds")
+    print(mint_token(secret, args.sub, ttl_s=args.ttl))
+    return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

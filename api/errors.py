@@ -1,0 +1,238 @@
+"""Every error response: the error types, the SQLSTATE table, and the Litestar exception handlers.
+
+A response body is always ``{"error": code, "message": text}`` (plus ``details`` for validation);
+codes are stable and never reused. Nothing from an exception's text (SQL, values, paths, secrets)
+reaches a client: messages come from this module only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import msgspec
+import psycopg
+import psycopg_pool
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+log = logging.getLogger("taskapi.errors")
+
+
+class ErrorDetail(msgspec.Struct):
+    """One problem with one field of a request."""
+
+    field: str
+    message: str
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    """The body of every error response."""
+
+    error: str
+    message: str
+    details: list[ErrorDetail] | None = None
+
+
+class ApiError(Exception):
+    """An error with its HTTP status, stable code, client-facing message and headers."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None,
+                 details: list[ErrorDetail] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+        self.details = details
+
+
+class BadRequest(ApiError):
+    status, code = 400, "validation_error"
+
+
+class Unauthorized(ApiError):
+    """401; `token_sent` decides whether WWW-Authenticate says ``error="invalid_token"``."""
+
+    status, code = 401, "unauthorized"
+
+    def __init__(self, message: str, *, token_sent: bool = True) -> None:
+        challenge = 'Bearer error="invalid_token"' if token_sent else "Bearer"
+        if token_sent:
+            challenge += f', error_description="{message}"'
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(ApiError):
+    status, code = 403, "forbidden"
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class PayloadTooLarge(ApiError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
+RETRY_AFTER_S = "1"
+
+
+class ServiceUnavailable(ApiError):
+    """503: the database is unreachable, overloaded or slow; the client may retry."""
+
+    status, code = 503, "service_unavailable"
+
+    def __init__(self, message: str = "the database is unavailable, retry shortly") -> None:
+        super().__init__(message, headers={"Retry-After": RETRY_AFTER_S})
+
+
+class AuthUnavailable(ApiError):
+    """503: the JWKS needed to check this token cannot be fetched right now."""
+
+    status, code = 503, "auth_unavailable"
+
+    def __init__(self, message: str = "the token's signing keys cannot be fetched, retry shortly") -> None:
+        super().__init__(message, headers={"Retry-After": RETRY_AFTER_S})
+
+
+def validation_error(field: str, message: str) -> BadRequest:
+    """A 400 for one field."""
+    return BadRequest("the request is not valid", details=[ErrorDetail(field, message)])
+
+
+# SQLSTATE → what the client sees. Anything not listed is a 500 and is logged with its traceback.
+_SQLSTATES: dict[str, type[ApiError] | tuple[type[ApiError], str]] = {
+    # a row broke a table constraint: the constraints repeat the contract's limits
+    "23514": (BadRequest, "a value is outside the limits of the contract"),  # check_violation
+    "23502": (BadRequest, "a required value is missing"),  # not_null_violation
+    "22001": (BadRequest, "a value is too long"),  # string_data_right_truncation
+    "22021": (BadRequest, "text is not valid in the database encoding"),  # character_not_in_repertoire
+    "22P05": (BadRequest, "text cannot be stored"),  # untranslatable_character
+    # a policy's WITH CHECK refused the row: the caller tried to write as someone else
+    "42501": (Forbidden, "this task belongs to another user"),  # insufficient_privilege
+    # statement_timeout (DB_STATEMENT_TIMEOUT_MS) or a cancelled query: the database is too slow now
+    "57014": ServiceUnavailable,  # query_canceled
+    # the server is shutting down, restarting or out of connections
+    "57P01": ServiceUnavailable,  # admin_shutdown
+    "57P02": ServiceUnavailable,  # crash_shutdown
+    "57P03": ServiceUnavailable,  # cannot_connect_now
+    "53300": ServiceUnavailable,  # too_many_connections
+    "53000": ServiceUnavailable,  # insufficient_resources
+    "40001": ServiceUnavailable,  # serialization_failure
+    "40P01": ServiceUnavailable,  # deadlock_detected
+    "25006": ServiceUnavailable,  # read_only_sql_transaction: a failover left us on a standby
+    # schema missing: the database was not migrated (or is being migrated)
+    "42P01": ServiceUnavailable,  # undefined_table
+    "42883": ServiceUnavailable,  # undefined_function
+    "3F000": ServiceUnavailable,  # invalid_schema_name
+}
+
+
+def from_database(exc: psycopg.Error | psycopg_pool.PoolTimeout) -> ApiError:
+    """Translate a driver or pool error into the `ApiError` the client sees."""
+    if isinstance(exc, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests):
+        return ServiceUnavailable("the database is busy, retry shortly")
+    sqlstate = getattr(exc, "sqlstate", None)
+    mapped = _SQLSTATES.get(sqlstate or "")
+    if mapped is None:
+        if isinstance(exc, psycopg.OperationalError):
+            return ServiceUnavailable()  # connection lost or refused: no SQLSTATE
+        return ApiError("internal error")
+    if isinstance(mapped, tuple):
+        kind, message = mapped
+        return kind(message)
+    return mapped()
+
+
+_HTTP_CODES = {
+    400: "validation_error", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
+    503: "service_unavailable",
+}
+_HTTP_MESSAGES = {
+    400: "the request is not valid", 404: "no such resource", 405: "method not allowed",
+    413: "the request body is larger than 64 KiB",
+}
+
+
+def respond(status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
+            details: list[ErrorDetail] | None = None) -> Response[ErrorBody]:
+    """The one way an error response is built."""
+    return Response(ErrorBody(code, message, details), status_code=status, headers=headers)
+
+
+def handle_api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response[ErrorBody]:
+    """Exception handler for `ApiError` (and, via `handle_exception`, everything else)."""
+    return respond(exc.status, exc.code, exc.message, headers=exc.headers, details=exc.details)
+
+
+def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+    """Litestar's own errors (routing, body size, query parameters) in the contract's shape."""
+    status = exc.status_code
+    if status >= 500:
+        return handle_exception(request, exc)
+    details = None
+    if isinstance(exc, ValidationException):
+        details = _details_from_litestar(exc.extra)
+    elif status == 400:
+        details = [ErrorDetail("body", "not valid JSON (UTF-8)")]
+    headers = dict(exc.headers or {})
+    code = _HTTP_CODES.get(status, "validation_error" if status < 500 else "internal_error")
+    message = _HTTP_MESSAGES.get(status, "the request is not valid")
+    return respond(status, code, message, headers=headers or None, details=details)
+
+
+def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    """Database errors by SQLSTATE; anything unexpected as a 500, logged server-side only."""
+    if isinstance(exc, psycopg.Error | psycopg_pool.PoolTimeout):
+        api_error = from_database(exc)
+        if api_error.status < 500 or api_error.code != "internal_error":
+            log.info("database error mapped to %s: %s", api_error.status, type(exc).__name__)
+            return handle_api_error(request, api_error)
+    log.error("unhandled error on %s %s [request %s]", request.method, request.scope.get("path_template", "?"),
+              request.scope.get("taskapi.request_id", "-"), exc_info=exc)
+    return respond(500, "internal_error", "internal error")
+
+
+def from_body_error(exc: msgspec.DecodeError | UnicodeDecodeError) -> BadRequest:
+    """A strict msgspec decode of a request body failed: name the field and the problem."""
+    text = str(exc)
+    if not isinstance(exc, msgspec.ValidationError):
+        return validation_error("body", "not valid JSON (UTF-8)")
+    if match := _UNKNOWN_FIELD.match(text):
+        return validation_error(match[1], "unknown or read-only field")
+    if match := _MISSING_FIELD.match(text):
+        return validation_error(match[1], "required")
+    message, _, where = text.partition(" - at `$")
+    field = where.rstrip("`").lstrip(".") or "body"
+    return validation_error(field, message)
+
+
+_UNKNOWN_FIELD = re.compile(r"Object contains unknown field `([^`]*)`")
+_MISSING_FIELD = re.compile(r"Object missing required field `([^`]*)`")
+
+
+def _details_from_litestar(extra: Any) -> list[ErrorDetail]:
+    details: list[ErrorDetail] = []
+    for item in extra if isinstance(extra, list) else []:
+        if isinstance(item, dict):
+            key = str(item.get("key") or "body")
+            if key == "data":  # Litestar's name for a body it did not receive
+                details.append(ErrorDetail("body", "a JSON body is required"))
+            else:
+                details.append(ErrorDetail(key, str(item.get("message", "invalid"))))
+    return details or [ErrorDetail("body", "invalid")]
+
+
+EXCEPTION_HANDLERS = {
+    ApiError: handle_api_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_exception,
+}

@@ -1,0 +1,104 @@
+"""The outermost ASGI layer: a request id on every response, and one JSON log line per request.
+
+It wraps the whole Litestar app, so 404s and 405s from routing carry an X-Request-ID too. The log
+line holds the route template (never the raw path, which may carry ids), and a hash of the user id
+(never the id, the token or a body).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import sys
+import time
+import uuid
+from typing import Any
+
+import msgspec
+
+log = logging.getLogger("taskapi.access")
+
+_SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+_encode = msgspec.json.Encoder().encode
+
+
+class RequestLog:
+    """ASGI middleware around the app; `app` is the wrapped application."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _request_id(scope)
+        scope["taskapi.request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
+        status = 500
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if log.isEnabledFor(logging.INFO):
+                _write_line(scope, request_id, status, time.perf_counter() - started)
+
+
+def _request_id(scope: dict[str, Any]) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            if _SANE_REQUEST_ID.fullmatch(value):
+                return value.decode()
+            break
+    return uuid.uuid4().hex
+
+
+def _write_line(scope: dict[str, Any], request_id: str, status: int, seconds: float) -> None:
+    user_id = scope.get("taskapi.user_id")
+    line = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
+        "level": "info",
+        "request_id": request_id,
+        "method": scope["method"],
+        "route": scope.get("path_template") or "(unmatched)",
+        "status": status,
+        "duration_ms": round(seconds * 1000, 3),
+        "user": hashlib.sha256(user_id.encode()).hexdigest()[:16] if user_id else None,
+    }
+    sys.stderr.buffer.write(_encode(line) + b"\n")
+    sys.stderr.flush()
+
+
+class JsonFormatter(logging.Formatter):
+    """Log records as JSON lines, like the access log; tracebacks only in server-side logs."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + "Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return _encode(line).decode()
+
+
+def configure_logging(level: str) -> None:
+    """JSON lines on stderr at `level` for taskapi and the libraries it drives."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # psycopg_pool logs reconnection attempts at INFO/WARNING; keep them, but not every connection.
+    logging.getLogger("psycopg.pool").setLevel(max(logging.getLevelName(level), logging.WARNING))

@@ -1,0 +1,44 @@
+"""OpenAPI pieces shared by the handlers: the error responses and the bearer scheme."""
+
+from __future__ import annotations
+
+from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.spec import Components, SecurityScheme
+
+from .errors import ErrorBody
+
+_DESCRIPTIONS = {
+    400: "Validation error (`validation_error`, with `details`)",
+    401: "Missing or invalid token (`unauthorized`); `WWW-Authenticate: Bearer`",
+    403: "Another user's task or `{user_id}` path (`forbidden`)",
+    404: "No such task, or an id that is not a UUID (`not_found`)",
+    405: "Method not allowed (`method_not_allowed`)",
+    413: "Body over 64 KiB (`payload_too_large`)",
+    415: "Body is not `application/json` (`unsupported_media_type`)",
+    500: "Internal error (`internal_error`), never with details of the cause",
+    503: "Database or JWKS unavailable (`service_unavailable` / `auth_unavailable`), with `Retry-After`",
+}
+
+
+def error_responses(*, body: bool = False) -> dict[int, ResponseSpec]:
+    """The error responses of an /api operation (every one may meet 400, 401, 403, 404 and 503)."""
+    codes = [400, 401, 403, 404, 503] + ([413, 415] if body else [])
+    return {code: ResponseSpec(data_container=ErrorBody, description=_DESCRIPTIONS[code], generate_examples=False)
+            for code in codes}
+
+
+def openapi_config(version: str) -> OpenAPIConfig:
+    """OpenAPI 3.1 at /schema/openapi.json, with the bearer scheme applied to every /api operation."""
+    return OpenAPIConfig(
+        title="taskapi",
+        version=version,
+        description=("Personal tasks; which rows a caller sees and changes is decided by PostgreSQL "
+                     "row-level security. Errors are `{\"error\", \"message\"}` (+ `details`)."),
+        path="/schema",
+        components=Components(security_schemes={
+            "BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT",
+                                          description="A JWT whose `sub` is the user id"),
+        }),
+        render_plugins=[],
+        create_examples=False,
+    )
