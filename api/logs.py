@@ -38,19 +38,29 @@ class RequestLog:
         scope["taskapi.request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
         status = 500
+        logged = False
 
         async def send_with_id(message: dict[str, Any]) -> None:
-            nonlocal status
+            nonlocal status, logged
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", ()), header]
+            elif message["type"] == "http.response.body" and not message.get("more_body") and not logged:
+                # Logged before the last byte leaves, so whoever received the response can find its line.
+                logged = True
+                _log_request(scope, request_id, status, started)
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            if log.isEnabledFor(logging.INFO):
-                _write_line(scope, request_id, status, time.perf_counter() - started)
+            if not logged:
+                _log_request(scope, request_id, status, started)
+
+
+def _log_request(scope: dict[str, Any], request_id: str, status: int, started: float) -> None:
+    if log.isEnabledFor(logging.INFO):
+        _write_line(scope, request_id, status, time.perf_counter() - started)
 
 
 def _request_id(scope: dict[str, Any]) -> str:

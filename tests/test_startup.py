@@ -1,0 +1,153 @@
+"""The server refuses to start, with one line, on bad configuration or a role that could bypass RLS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import jwt
+import psycopg
+import pytest
+from psycopg import sql
+
+from conftest import JWT_SECRET, ROOT, free_port, server_env
+
+
+def serve(env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("DATABASE_", "JWT_", "BETTER_AUTH_", "TEST_DATABASE"))}
+    return subprocess.run([sys.executable, "-m", "api.cli", "serve"], env={**base, "PORT": str(free_port()), **env},
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_missing_database_url_is_one_line():
+    assert_refused(serve({"JWT_SECRET": JWT_SECRET}), "DATABASE_URL")
+
+
+def test_missing_secret_is_one_line(database):
+    assert_refused(serve({"DATABASE_URL": database.app_dsn}), "JWT_SECRET")
+
+
+@pytest.mark.parametrize("name, value", [("PORT", "eighty"), ("DB_POOL_SIZE", "0"), ("DB_POOLER", "statement"),
+                                         ("JWT_LEEWAY_S", "-1"), ("CORS_ORIGINS", "localhost:3000")])
+def test_malformed_settings_are_one_line(database, name, value):
+    assert_refused(serve({**server_env(database), name: value}), name)
+
+
+def test_unreachable_database_is_one_line():
+    env = {"DATABASE_URL": f"postgresql://taskapi_app@127.0.0.1:{free_port()}/nope", "JWT_SECRET": JWT_SECRET}
+    assert_refused(serve(env), "DATABASE_URL")
+
+
+def test_superuser_role_is_refused(cluster, database):
+    assert_refused(serve({**server_env(database), "DATABASE_URL": database.admin_dsn}), "superuser")
+
+
+def test_bypassrls_role_is_refused(cluster, database):
+    with psycopg.connect(database.admin_dsn, autocommit=True) as conn:
+        conn.execute("ALTER ROLE taskapi_app BYPASSRLS")
+    try:
+        assert_refused(serve(server_env(database)), "BYPASSRLS")
+    finally:
+        with psycopg.connect(database.admin_dsn, autocommit=True) as conn:
+            conn.execute("ALTER ROLE taskapi_app NOBYPASSRLS")
+
+
+def test_member_of_owner_role_is_refused(database):
+    with psycopg.connect(database.admin_dsn, autocommit=True) as conn:
+        conn.execute("GRANT taskapi_owner TO taskapi_app")
+    try:
+        assert_refused(serve(server_env(database)), "taskapi_owner")
+    finally:
+        with psycopg.connect(database.admin_dsn, autocommit=True) as conn:
+            conn.execute("REVOKE taskapi_owner FROM taskapi_app")
+
+
+def test_owner_of_the_table_is_refused(scratch_database):
+    with psycopg.connect(scratch_database.admin_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE taskapi.tasks OWNER TO taskapi_app")
+    assert_refused(serve(server_env(scratch_database)), "owns taskapi.tasks")
+
+
+def test_unmigrated_database_is_refused(cluster, database):
+    import uuid
+
+    name = f"taskapi_unmigrated_{uuid.uuid4().hex[:8]}"
+    cluster.create_database(name)
+    try:
+        with psycopg.connect(cluster.dsn(dbname=name), autocommit=True) as conn:
+            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO taskapi_app").format(sql.Identifier(name)))
+        env = {**server_env(database), "DATABASE_URL": database.app_dsn.replace(database.name, name)}
+        assert_refused(serve(env), "taskapi migrate")
+    finally:
+        cluster.drop_database(name)
+
+
+def test_token_command_prints_a_verifiable_token():
+    env = {**os.environ, "JWT_SECRET": JWT_SECRET}
+    out = subprocess.run([sys.executable, "-m", "api.cli", "token", "--sub", "cli-user", "--ttl", "120"],
+                         env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    claims = jwt.decode(out, JWT_SECRET, algorithms=["HS256"])
+    assert claims["sub"] == "cli-user" and 100 <= claims["exp"] - time.time() <= 121
+
+
+def test_token_command_without_secret_is_one_line():
+    env = {k: v for k, v in os.environ.items() if k not in ("JWT_SECRET", "BETTER_AUTH_SECRET")}
+    result = subprocess.run([sys.executable, "-m", "api.cli", "token", "--sub", "x"], env=env, cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "JWT_SECRET" in result.stderr
+
+
+@pytest.mark.slow
+def test_dev_runs_on_embedded_postgres_and_prints_a_working_curl(tmp_path):
+    """`taskapi dev` from nothing: embedded PostgreSQL, migrate, serve, and a token that works."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DATABASE_", "JWT_", "BETTER_AUTH_", "TEST_DATABASE"))}
+    env.update({"PORT": str(port), "TASKAPI_DATA_DIR": str(tmp_path / "dev")})
+    process = subprocess.Popen([sys.executable, "-m", "api.cli", "dev"], env=env, cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output: list[str] = []
+    try:
+        token = None
+        deadline = time.monotonic() + 90
+        assert process.stdout is not None
+        while time.monotonic() < deadline and token is None:
+            line = process.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            if "Authorization: Bearer " in line and "/api/tasks -H" in line and token is None and "POST" not in line:
+                token = line.split("Authorization: Bearer ", 1)[1].split("'", 1)[0]
+        assert token, "".join(output)
+        base = f"http://127.0.0.1:{port}"
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)  # polling until the server listens
+        headers = {"Authorization": f"Bearer {token}"}
+        created = httpx.post(f"{base}/api/tasks", json={"title": "Buy milk"}, headers=headers)
+        assert created.status_code == 201, created.text
+        assert httpx.get(f"{base}/api/tasks", headers=headers).json()["total_count"] >= 1
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    assert process.returncode == 0, "".join(output)
+    assert not (tmp_path / "dev" / "pgdata" / "postmaster.pid").exists(), "embedded PostgreSQL left running"
