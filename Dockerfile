@@ -1,0 +1,15 @@
+# A small image for `taskapi serve` (and `taskapi migrate`, run once per deploy).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY api ./api
+COPY sql ./sql
+# Editable install: `taskapi migrate` finds sql/ next to api/.
+RUN pip install -e . && useradd --system --no-create-home taskapi
+USER taskapi
+ENV HOST=0.0.0.0 PORT=8000
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=2s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health').status != 200)"
+CMD ["taskapi", "serve"]
