@@ -1,0 +1,17 @@
+-- wrk script for the many-connections test: every connection stays open (keep-alive) and sends one
+-- list request every <delay_ms> milliseconds. Arguments: <data file> <delay_ms>
+local delay_ms = 1000
+
+function init(args)
+    dofile(args[1])
+    delay_ms = tonumber(args[2])
+    math.randomseed(os.time())
+end
+
+function request()
+    return wrk.format("GET", "/api/tasks?limit=5", {["Authorization"] = "Bearer " .. tokens[math.random(#tokens)]})
+end
+
+function delay()
+    return delay_ms
+end
