@@ -33,8 +33,9 @@ def not_ready_response() -> ResponseSpec:
     return ResponseSpec(
         data_container=NotReadyBody, generate_examples=False,
         description=("Not ready (`service_unavailable`), with `Retry-After`: the database is unreachable or not "
-                     "migrated, or `taskapi_audit.findings()` reports an error; then `checks` lists the names "
-                     "of the failing checks and every /api request answers 503 too (docs/audit.md)"))
+                     "migrated, or `taskapi_audit.findings()` reports an error (or cannot run: "
+                     "`findings_unavailable`); then `checks` lists the names of the failing checks and every /api "
+                     "request answers 503 too (docs/audit.md)"))
 
 
 def openapi_config(version: str) -> OpenAPIConfig:

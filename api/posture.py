@@ -5,6 +5,11 @@ At start and every ``POSTURE_CHECK_S`` seconds the guard runs ``taskapi_audit.fi
 /ready answers 503 naming the checks and every /api request 503 (issue #4): the API fails closed
 rather than serve from a database whose isolation was weakened by hand. Requests read the verdict
 without a round trip; it clears at the first check that finds no error.
+
+When ``findings()`` cannot run because the database is away (connection lost, timeout, pool
+exhausted), the verdict stays as it was: requests meet that outage on their own. When it cannot run
+because it is missing or refused (dropped, EXECUTE revoked, schema not migrated), the guard would be
+blind, so it closes with the pseudo-check `findings_unavailable`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,12 @@ from .db import Database
 from .errors import ApiError
 
 log = logging.getLogger("taskapi.posture")
+
+# The name /ready reports while findings() itself is missing or refused; never a check of findings().
+FINDINGS_UNAVAILABLE = "findings_unavailable"
+# undefined_function, undefined_table, invalid_schema_name, insufficient_privilege: findings() is gone
+# or this role may not run it, which a careless REVOKE or DROP SCHEMA could cause; not an outage.
+_BLINDING_SQLSTATES = frozenset({"42883", "42P01", "3F000", "42501"})
 
 
 class PostureGuard:
@@ -39,11 +50,13 @@ class PostureGuard:
         try:
             rows = await db.findings()
         except ApiError as exc:
-            # The database is down, overloaded or not migrated: requests meet those errors on their
-            # own. Closing here would turn every outage into a posture alarm, and opening would serve
-            # from a database nobody has checked, so the verdict stays as it was.
-            log.warning("posture check could not run (%s: %s); keeping the last verdict", exc.code, exc.message)
-            return
+            cause = exc.__cause__ or exc
+            if getattr(cause, "sqlstate", None) not in _BLINDING_SQLSTATES:
+                # The database is away or overloaded: closing would turn every outage into a posture
+                # alarm, and opening would serve from a database nobody has checked.
+                log.warning("posture check could not run (%s); keeping the last verdict", _first_line(cause))
+                return
+            rows = [(FINDINGS_UNAVAILABLE, "error", f"taskapi_audit.findings(): {_first_line(cause)}")]
         findings = frozenset((check, severity, obj) for check, severity, obj in rows)
         if findings != self._findings:
             self._report(findings)
@@ -69,3 +82,8 @@ class PostureGuard:
             log.info("isolation posture restored; /api serves again")
         if warnings:
             log.warning("isolation posture warnings: %s", "; ".join(warnings))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
