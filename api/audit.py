@@ -179,13 +179,13 @@ def render_text(report: AuditReport) -> str:
         lines.append("findings: none (SELECT * FROM taskapi_audit.findings() returned no rows)")
     else:
         errors = sum(f.severity == "error" for f in report.findings)
-        lines.append(f"findings: {len(report.findings)} ({errors} error, {len(report.findings) - errors} warning)")
+        lines.append(f"findings: {len(report.findings)} (errors: {errors}, warnings: {len(report.findings) - errors})")
         widths = [max(len(h), *(len(v) for v in values)) for h, values in (
             ("SEVERITY", [f.severity for f in report.findings]), ("CHECK", [f.check for f in report.findings]))]
         lines.append(f"  {'SEVERITY':<{widths[0]}}  {'CHECK':<{widths[1]}}  OBJECT")
         for f in report.findings:
             lines.append(f"  {f.severity:<{widths[0]}}  {f.check:<{widths[1]}}  {f.object}")
-            indent = " " * (4 + widths[0] + widths[1])
+            indent = " " * (6 + widths[0] + widths[1])  # under OBJECT
             lines.append(f"{indent}{f.detail}")
             lines.append(f"{indent}fix: {f.remedy}")
     lines.append("")
@@ -201,7 +201,7 @@ def render_text(report: AuditReport) -> str:
         lines.append("result: PASS" + (" (findings only: the active probe did not run)" if report.probe_skipped
                                        else ""))
     else:
-        lines.append(f"result: FAIL ({len(report.findings)} finding(s), {failures} failed probe step(s))")
+        lines.append(f"result: FAIL (findings: {len(report.findings)}, failed probe steps: {failures})")
     return "\n".join(lines)
 
 
