@@ -12,6 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import LiteralString
 from urllib.parse import quote, urlencode
 
 import psycopg
@@ -180,13 +181,13 @@ def _apply_migrations(dsn_parts: dict[str, str], folder: Path, report: MigrateRe
 
 
 # Every policy of the database, to tell which ones a policy file created (see _apply_policies).
-LIST_POLICY_OIDS = "SELECT oid FROM pg_catalog.pg_policy"
+LIST_POLICY_OIDS: LiteralString = "SELECT oid FROM pg_catalog.pg_policy"
 
 # The record the policy_drift check of taskapi_audit.findings() compares the live policies with: the
 # policies of schema taskapi that the files just created, in the normalised form of
 # policy_definitions(), with the file each came from. It replaces the previous record whole.
-FORGET_APPLIED_POLICIES = "DELETE FROM taskapi_audit.applied_policies"
-RECORD_APPLIED_POLICIES = """
+FORGET_APPLIED_POLICIES: LiteralString = "DELETE FROM taskapi_audit.applied_policies"
+RECORD_APPLIED_POLICIES: LiteralString = """
     INSERT INTO taskapi_audit.applied_policies
         (table_name, policy_name, command, permissive, roles, using_expr, with_check_expr,
          source_file, source_sha256)
