@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,9 +18,10 @@ from . import __version__, tasks
 from .auth import Verifier
 from .config import Settings
 from .db import Database
-from .errors import EXCEPTION_HANDLERS, ErrorBody, Forbidden, UnsupportedMediaType, respond
+from .errors import EXCEPTION_HANDLERS, ErrorBody, Forbidden, ServiceUnavailable, UnsupportedMediaType, respond
 from .logs import RequestLog
-from .openapi import error_responses, openapi_config
+from .openapi import not_ready_response, openapi_config
+from .posture import PostureGuard
 
 log = logging.getLogger("taskapi")
 
@@ -33,9 +36,15 @@ def create_app(settings: Settings) -> RequestLog:
         db = Database(settings)
         await db.open()  # raises RoleUnfit: a role that could bypass RLS never serves
         app.state.db = db
+        posture: PostureGuard = app.state.posture
+        await posture.check(db)  # before the first request: a broken posture never serves at all
+        guard = asyncio.create_task(posture.run(db), name="taskapi-posture-guard")
         try:
             yield
         finally:
+            guard.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await guard
             await db.close()
 
     api = Router(path="/api", route_handlers=tasks.HANDLERS, before_request=authenticate,
@@ -58,7 +67,7 @@ def create_app(settings: Settings) -> RequestLog:
         cors_config=cors,
         openapi_config=openapi_config(__version__),
         request_max_body_size=MAX_BODY_BYTES,
-        state=State({"verifier": Verifier(settings)}),
+        state=State({"verifier": Verifier(settings), "posture": PostureGuard(settings.posture_check_s)}),
         logging_config=None,
         debug=False,
     )
@@ -66,11 +75,16 @@ def create_app(settings: Settings) -> RequestLog:
 
 
 async def authenticate(request: Request[Any, Any, State]) -> None:
-    """before_request of every /api route: token → user id, then the checks that need no data.
+    """before_request of every /api route: posture, token → user id, then the checks that need no data.
 
-    Order: 401 (who are you) before 403 (the `{user_id}` of a compatibility path is not you) before
-    415 (the body is not JSON); the body itself is parsed after this hook.
+    Order: 503 (the database's isolation posture is broken: api/posture.py) before 401 (who are you)
+    before 403 (the `{user_id}` of a compatibility path is not you) before 415 (the body is not JSON);
+    the body itself is parsed after this hook.
     """
+    posture: PostureGuard = request.app.state.posture
+    if posture.closed:
+        raise ServiceUnavailable("the database's row-level security posture is broken; closed until it is fixed",
+                                 retry_after=posture.retry_after)
     user_id = await request.app.state.verifier.user_id(request.headers.get("authorization"))
     path_user = request.path_params.get("user_id")
     if path_user is not None and path_user != user_id:
@@ -105,10 +119,16 @@ async def health() -> Status:
     return Status("ok")
 
 
-@get("/ready", summary="Database reachable and schema migrated", tags=["operations"],
-     responses={503: error_responses()[503]})
+@get("/ready", summary="Database reachable, schema migrated, row-level security posture sound",
+     tags=["operations"], responses={503: not_ready_response()})
 async def ready(request: Request[Any, Any, State]) -> Response[Status] | Response[ErrorBody]:
-    if await request.app.state.db.ready():
-        return Response(Status("ready"))
-    return respond(503, "service_unavailable", "the database is unreachable or not migrated",
-                   headers={"Retry-After": "1"})
+    if not await request.app.state.db.ready():
+        return respond(503, "service_unavailable", "the database is unreachable or not migrated",
+                       headers={"Retry-After": "1"})
+    posture: PostureGuard = request.app.state.posture
+    if posture.closed:
+        return respond(503, "service_unavailable",
+                       "the database's row-level security posture is broken: see SELECT * FROM "
+                       "taskapi_audit.findings()", headers={"Retry-After": posture.retry_after},
+                       checks=list(posture.failing))
+    return Response(Status("ready"))

@@ -20,12 +20,21 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("migrate", help="create roles, apply migrations and policies (DATABASE_ADMIN_URL)")
     commands.add_parser("serve", help="run the API against DATABASE_URL")
     commands.add_parser("dev", help="embedded PostgreSQL + migrate + serve, for trying it out")
+    audit = commands.add_parser(
+        "audit", help="report the isolation findings and probe isolation (DATABASE_ADMIN_URL or DATABASE_AUDITOR_URL)",
+        description="Print taskapi_audit.findings() and, with a DSN that may SET ROLE taskapi_app, an active "
+                    "probe of isolation in a transaction that is rolled back. Exit status: 0 no finding and no "
+                    "failed probe step, 1 otherwise, 2 when the audit could not run.")
+    audit.add_argument("--dsn", help="the database to audit (default: DATABASE_ADMIN_URL, else DATABASE_AUDITOR_URL)")
+    audit.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    audit.add_argument("--no-probe", action="store_true", help="run findings() only; write nothing, even as admin")
     token = commands.add_parser("token", help="print an HS256 token signed with JWT_SECRET")
     token.add_argument("--sub", required=True, help="the user id to put in the token")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     args = parser.parse_args(argv)
     try:
-        return {"migrate": _migrate, "serve": _serve, "dev": _dev, "token": _token}[args.command](args)
+        return {"migrate": _migrate, "serve": _serve, "dev": _dev, "token": _token,
+                "audit": _audit}[args.command](args)
     except ConfigError as exc:
         print(f"taskapi: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -60,6 +69,26 @@ def _run_migrate(admin_dsn: str) -> int:
         print(f"applied migration {migration}")
     print(f"applied policies from {', '.join(report.policy_files)}")
     return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from .audit import audit, render_json, render_text
+
+    # The admin DSN first: only it can run the active probe. The auditor's reads the findings only.
+    dsn = (args.dsn or os.environ.get("DATABASE_ADMIN_URL", "") or os.environ.get("DATABASE_AUDITOR_URL", "")).strip()
+    if not dsn:
+        raise ConfigError("no database to audit: give --dsn, or set DATABASE_ADMIN_URL (findings and the active "
+                          "probe) or DATABASE_AUDITOR_URL (findings only)")
+    try:
+        report = audit(dsn, probe=not args.no_probe)
+    except psycopg.Error as exc:
+        hint = " (run taskapi migrate)" if getattr(exc, "sqlstate", None) in ("42883", "3F000", "42P01") else ""
+        print(f"taskapi audit: cannot audit: {_first_line(exc)}{hint}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(render_json(report) if args.json else render_text(report))
+    return 0 if report.ok else 1
 
 
 def _serve(args: argparse.Namespace) -> int:

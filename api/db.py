@@ -50,8 +50,18 @@ CHECK_RUNTIME_ROLE: LiteralString = """
     WHERE r.rolname = current_user
 """
 
-# /ready: reachable and migrated.
-CHECK_READY: LiteralString = "SELECT to_regclass('taskapi.tasks') IS NOT NULL"
+# /ready: reachable and migrated (up to the audit schema, which the posture guard needs).
+CHECK_READY: LiteralString = (
+    "SELECT to_regclass('taskapi.tasks') IS NOT NULL"
+    " AND to_regprocedure('taskapi_audit.findings()') IS NOT NULL"
+)
+
+# The posture guard (api/posture.py): every problem the database reports about its own isolation
+# (sql/migrations/0002_audit.sql), under the statement timeout like any request.
+LIST_FINDINGS: LiteralString = (
+    "SELECT set_config('statement_timeout', %(_statement_timeout)s, true);\n"
+    'SELECT "check", severity, object FROM taskapi_audit.findings()'
+)
 
 
 class RoleUnfit(Exception):
@@ -129,6 +139,17 @@ class Database:
             cur = await conn.execute(TASK_EXISTS, {"id": task_id})
             row = await cur.fetchone()
             return bool(row and row[0])
+
+    async def findings(self) -> list[tuple[str, str, str]]:
+        """`(check, severity, object)` of every finding of ``taskapi_audit.findings()``; none when sound.
+
+        Raises `ApiError` (`ServiceUnavailable` mostly) when the function cannot run.
+        """
+        async with self._connection() as conn:
+            cur = conn.cursor()
+            await cur.execute(LIST_FINDINGS, {"_statement_timeout": self._statement_timeout})
+            cur.nextset()
+            return await cur.fetchall()
 
     async def ready(self) -> bool:
         """Reachable and migrated, within DB_TIMEOUT_S."""

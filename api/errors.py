@@ -35,6 +35,12 @@ class ErrorBody(msgspec.Struct, omit_defaults=True):
     details: list[ErrorDetail] | None = None
 
 
+class NotReadyBody(ErrorBody, omit_defaults=True):
+    """The body of a 503 from /ready; `checks` names the failing findings when the posture is the cause."""
+
+    checks: list[str] | None = None
+
+
 class ApiError(Exception):
     """An error with its HTTP status, stable code, client-facing message and headers."""
 
@@ -89,8 +95,9 @@ class ServiceUnavailable(ApiError):
 
     status, code = 503, "service_unavailable"
 
-    def __init__(self, message: str = "the database is unavailable, retry shortly") -> None:
-        super().__init__(message, headers={"Retry-After": RETRY_AFTER_S})
+    def __init__(self, message: str = "the database is unavailable, retry shortly", *,
+                 retry_after: str = RETRY_AFTER_S) -> None:
+        super().__init__(message, headers={"Retry-After": retry_after})
 
 
 class AuthUnavailable(ApiError):
@@ -163,8 +170,10 @@ _HTTP_MESSAGES = {
 
 
 def respond(status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
-            details: list[ErrorDetail] | None = None) -> Response[ErrorBody]:
-    """The one way an error response is built."""
+            details: list[ErrorDetail] | None = None, checks: list[str] | None = None) -> Response[ErrorBody]:
+    """The one way an error response is built (`checks` only on /ready, see `NotReadyBody`)."""
+    if checks is not None:
+        return Response(NotReadyBody(code, message, details, checks), status_code=status, headers=headers)
     return Response(ErrorBody(code, message, details), status_code=status, headers=headers)
 
 

@@ -7,10 +7,12 @@ Idempotent and safe on every deploy: concurrent runs serialise on an advisory lo
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import LiteralString
 from urllib.parse import quote, urlencode
 
 import psycopg
@@ -25,6 +27,8 @@ AUDITOR_ROLE = "taskapi_auditor"
 SCHEMA = "taskapi"
 # yoyo's bookkeeping tables live apart from the data, so schema `taskapi` holds only RLS tables.
 META_SCHEMA = "taskapi_meta"
+# The posture views, findings() and the record of applied policies (sql/migrations/0002_audit.sql).
+AUDIT_SCHEMA = "taskapi_audit"
 # Any constant works; it only has to be the same for every `taskapi migrate`.
 MIGRATE_LOCK_KEY = 0x7461736B617069  # "taskapi"
 
@@ -122,7 +126,11 @@ def _ensure_roles(conn: psycopg.Connection, report: MigrateReport, *, app_passwo
 
 
 def _ensure_ownership(conn: psycopg.Connection) -> None:
-    """Hand back to taskapi_owner any object of the schema that someone gave to another role."""
+    """Hand back to taskapi_owner any object of the three schemas that someone gave to another role.
+
+    The audit schema counts as much as the data: a role that owned taskapi_audit.findings() could make
+    it report nothing, and the posture guard of the running API would never close.
+    """
     rows = conn.execute(
         """
         SELECT format('ALTER %%s %%s OWNER TO %%I',
@@ -131,19 +139,21 @@ def _ensure_ownership(conn: psycopg.Connection) -> None:
                                      ELSE 'TABLE' END,
                       c.oid::regclass, %(owner)s::text)
         FROM pg_class c
-        WHERE c.relnamespace = to_regnamespace(%(schema)s::text)
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = ANY(%(schemas)s::text[])
           AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
           AND c.relowner <> to_regrole(%(owner)s::text)
         UNION ALL
         SELECT format('ALTER ROUTINE %%s OWNER TO %%I', p.oid::regprocedure, %(owner)s::text)
         FROM pg_proc p
-        WHERE p.pronamespace = to_regnamespace(%(schema)s::text) AND p.proowner <> to_regrole(%(owner)s::text)
+        JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = ANY(%(schemas)s::text[]) AND p.proowner <> to_regrole(%(owner)s::text)
         UNION ALL
         SELECT format('ALTER SCHEMA %%I OWNER TO %%I', n.nspname, %(owner)s::text)
         FROM pg_namespace n
-        WHERE n.nspname = %(schema)s::text AND n.nspowner <> to_regrole(%(owner)s::text)
+        WHERE n.nspname = ANY(%(schemas)s::text[]) AND n.nspowner <> to_regrole(%(owner)s::text)
         """,
-        {"schema": SCHEMA, "owner": OWNER_ROLE}).fetchall()
+        {"schemas": [SCHEMA, AUDIT_SCHEMA, META_SCHEMA], "owner": OWNER_ROLE}).fetchall()
     for (statement,) in rows:
         log.warning("fixing ownership: %s", statement)
         conn.execute(statement)
@@ -170,7 +180,40 @@ def _apply_migrations(dsn_parts: dict[str, str], folder: Path, report: MigrateRe
         backend.connection.close()
 
 
+# Every policy of the database, to tell which ones a policy file created (see _apply_policies).
+LIST_POLICY_OIDS: LiteralString = "SELECT oid FROM pg_catalog.pg_policy"
+
+# The record the policy_drift check of taskapi_audit.findings() compares the live policies with: the
+# policies of schema taskapi that the files just created, in the normalised form of
+# policy_definitions(), with the file each came from. It replaces the previous record whole.
+FORGET_APPLIED_POLICIES: LiteralString = "DELETE FROM taskapi_audit.applied_policies"
+RECORD_APPLIED_POLICIES: LiteralString = """
+    INSERT INTO taskapi_audit.applied_policies
+        (table_name, policy_name, command, permissive, roles, using_expr, with_check_expr,
+         source_file, source_sha256)
+    SELECT d.table_name, d.policy_name, d.command, d.permissive, d.roles, d.using_expr, d.with_check_expr,
+           f.source_file, f.source_sha256
+    FROM taskapi_audit.policy_definitions() d
+    JOIN unnest(%(oids)s::oid[], %(files)s::text[], %(hashes)s::text[]) AS f(policy_oid, source_file, source_sha256)
+      USING (policy_oid)
+"""
+
+
 def _apply_policies(conn: psycopg.Connection, folder: Path, report: MigrateReport) -> None:
+    """Run every policy file, then record what they created, all in the caller's transaction.
+
+    A policy counts as applied from a file when the file created it (its pg_policy oid is new after
+    the file ran): a file drops and re-creates its policies, so one that merely survived a migrate,
+    such as a policy added by hand to a table without a file, is not recorded and shows as drift.
+    """
+    created: dict[int, tuple[str, str]] = {}
     for path in sorted(folder.glob("*.sql")):
-        conn.execute(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        before = {oid for (oid,) in conn.execute(LIST_POLICY_OIDS)}
+        conn.execute(text)
+        source = (f"sql/policies/{path.name}", hashlib.sha256(text.encode()).hexdigest())
+        created.update({oid: source for (oid,) in conn.execute(LIST_POLICY_OIDS) if oid not in before})
         report.policy_files.append(path.name)
+    conn.execute(FORGET_APPLIED_POLICIES)
+    conn.execute(RECORD_APPLIED_POLICIES, {
+        "oids": list(created), "files": [f for f, _ in created.values()], "hashes": [h for _, h in created.values()]})

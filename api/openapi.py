@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
 
-from .errors import ErrorBody
+from .errors import ErrorBody, NotReadyBody
 
 _DESCRIPTIONS = {
     400: "Validation error (`validation_error`, with `details`)",
@@ -16,7 +16,8 @@ _DESCRIPTIONS = {
     413: "Body over 64 KiB (`payload_too_large`)",
     415: "Body is not `application/json` (`unsupported_media_type`)",
     500: "Internal error (`internal_error`), never with details of the cause",
-    503: "Database or JWKS unavailable (`service_unavailable` / `auth_unavailable`), with `Retry-After`",
+    503: ("Database or JWKS unavailable, or the database's row-level security posture broken "
+          "(`service_unavailable` / `auth_unavailable`), with `Retry-After`"),
 }
 
 
@@ -25,6 +26,16 @@ def error_responses(*, body: bool = False) -> dict[int, ResponseSpec]:
     codes = [400, 401, 403, 404, 503] + ([413, 415] if body else [])
     return {code: ResponseSpec(data_container=ErrorBody, description=_DESCRIPTIONS[code], generate_examples=False)
             for code in codes}
+
+
+def not_ready_response() -> ResponseSpec:
+    """The 503 of /ready: the database is unreachable or not migrated, or the posture guard is closed."""
+    return ResponseSpec(
+        data_container=NotReadyBody, generate_examples=False,
+        description=("Not ready (`service_unavailable`), with `Retry-After`: the database is unreachable or not "
+                     "migrated, or `taskapi_audit.findings()` reports an error (or cannot run: "
+                     "`findings_unavailable`); then `checks` lists the names of the failing checks and every /api "
+                     "request answers 503 too (docs/audit.md)"))
 
 
 def openapi_config(version: str) -> OpenAPIConfig:

@@ -190,7 +190,11 @@ def server_env(database: Database, **extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def server(database: Database, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(env=server_env(database), log_path=tmp_path_factory.mktemp("server") / "serve.log").start()
+    # The posture guard checks at start only: the roles are cluster-wide, and a periodic check that
+    # met another test's deliberate break of a role would close this shared server for a minute.
+    # tests/test_audit.py starts servers of its own to test the guard.
+    env = server_env(database, POSTURE_CHECK_S="86400")
+    srv = Server(env=env, log_path=tmp_path_factory.mktemp("server") / "serve.log").start()
     yield srv
     srv.stop()
 
