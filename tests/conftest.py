@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -85,11 +87,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         return
     from api import embedded
 
-    server = embedded.start(tmp_path_factory.mktemp("pg") / "pgdata")
+    # Not under pytest's basetemp: a concurrent pytest session prunes old basetemps, which would delete
+    # the data directory of a server still in use.
+    folder = Path(tempfile.mkdtemp(prefix="taskapi-test-pg-"))
+    server = embedded.start(folder / "pgdata")
     try:
         yield Cluster(admin_dsn=server.dsn(), embedded=server)
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def new_database(cluster: Cluster, prefix: str = "taskapi_test") -> Database:

@@ -22,11 +22,11 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from conftest import ROOT, Database, Server, make_user, server_env
 
 from api.errors import ServiceUnavailable, from_database
 from api.migrate import migrate
 from api.posture import FINDINGS_UNAVAILABLE, PostureGuard
+from conftest import ROOT, Database, Server, make_user, server_env
 
 LIST_FINDINGS = 'SELECT "check", severity, object FROM taskapi_audit.findings()'
 POSTURE_CHECK_S = 0.5
