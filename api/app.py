@@ -17,6 +17,7 @@ from .auth import Verifier
 from .config import Settings
 from .db import Database
 from .errors import EXCEPTION_HANDLERS, ErrorBody, Forbidden, UnsupportedMediaType, respond
+from .jwks import JwksKeys
 from .logs import RequestLog
 from .openapi import error_responses, openapi_config
 
@@ -27,6 +28,7 @@ MAX_BODY_BYTES = 64 * 1024
 
 def create_app(settings: Settings) -> RequestLog:
     """The ASGI application for these settings; no global state."""
+    jwks = JwksKeys(settings.jwt_jwks_url, ttl_s=settings.jwt_jwks_ttl_s) if settings.jwt_jwks_url else None
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -34,8 +36,12 @@ def create_app(settings: Settings) -> RequestLog:
         await db.open()  # raises RoleUnfit: a role that could bypass RLS never serves
         app.state.db = db
         try:
+            if jwks is not None:
+                await jwks.start()  # an unreachable JWKS is logged, not fatal: the frontend may start later
             yield
         finally:
+            if jwks is not None:
+                await jwks.close()
             await db.close()
 
     api = Router(path="/api", route_handlers=tasks.HANDLERS, before_request=authenticate,
@@ -58,7 +64,7 @@ def create_app(settings: Settings) -> RequestLog:
         cors_config=cors,
         openapi_config=openapi_config(__version__),
         request_max_body_size=MAX_BODY_BYTES,
-        state=State({"verifier": Verifier(settings)}),
+        state=State({"verifier": Verifier(settings, jwks)}),
         logging_config=None,
         debug=False,
     )
