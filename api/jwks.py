@@ -25,8 +25,8 @@ MAX_JWKS_BYTES = 256 * 1024
 # A token naming an unknown kid triggers a fetch at most this often: random kids cannot turn the API
 # into a JWKS flooder, and a rotated key is still picked up on its first use (issue #3).
 MIN_REFETCH_INTERVAL_S = 5.0
-# The background refresh runs at this fraction of JWT_JWKS_TTL_S, so even a fetch that takes its full
-# timeout lands before the keys are TTL old; after a failed fetch it retries this much sooner.
+# The background refresh runs at this fraction of JWT_JWKS_TTL_S, so that a refresh, even a slow one,
+# lands before the keys are TTL old; after a failed fetch it tries again every RETRY_FAILED_S instead.
 REFRESH_FRACTION = 0.8
 RETRY_FAILED_S = 10.0
 
