@@ -19,6 +19,7 @@ from .auth import Verifier
 from .config import Settings
 from .db import Database
 from .errors import EXCEPTION_HANDLERS, ErrorBody, Forbidden, ServiceUnavailable, UnsupportedMediaType, respond
+from .jwks import JwksKeys
 from .logs import RequestLog
 from .openapi import not_ready_response, openapi_config
 from .posture import PostureGuard
@@ -30,6 +31,7 @@ MAX_BODY_BYTES = 64 * 1024
 
 def create_app(settings: Settings) -> RequestLog:
     """The ASGI application for these settings; no global state."""
+    jwks = JwksKeys(settings.jwt_jwks_url, ttl_s=settings.jwt_jwks_ttl_s) if settings.jwt_jwks_url else None
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -40,11 +42,15 @@ def create_app(settings: Settings) -> RequestLog:
         await posture.check(db)  # before the first request: a broken posture never serves at all
         guard = asyncio.create_task(posture.run(db), name="taskapi-posture-guard")
         try:
+            if jwks is not None:
+                await jwks.start()  # an unreachable JWKS is logged, not fatal: the frontend may start later
             yield
         finally:
             guard.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await guard
+            if jwks is not None:
+                await jwks.close()
             await db.close()
 
     api = Router(path="/api", route_handlers=tasks.HANDLERS, before_request=authenticate,
@@ -67,7 +73,7 @@ def create_app(settings: Settings) -> RequestLog:
         cors_config=cors,
         openapi_config=openapi_config(__version__),
         request_max_body_size=MAX_BODY_BYTES,
-        state=State({"verifier": Verifier(settings), "posture": PostureGuard(settings.posture_check_s)}),
+        state=State({"verifier": Verifier(settings, jwks), "posture": PostureGuard(settings.posture_check_s)}),
         logging_config=None,
         debug=False,
     )

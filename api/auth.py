@@ -9,6 +9,7 @@ until they expire, so a client that sends the same token repeatedly pays for one
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jwt
@@ -24,10 +25,23 @@ ASYMMETRIC_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
 TOKEN_CACHE_SIZE = 10_000
 
 
-class KeySource(Protocol):
-    """Where public keys come from (a JWKS); returns the key and the one algorithm it accepts."""
+@dataclass(frozen=True, slots=True)
+class PublicKey:
+    """A verification key and the algorithms a token signed with it may name."""
 
-    async def key_for(self, kid: str | None, alg: str) -> Any: ...
+    key: Any
+    algorithms: frozenset[str]
+
+
+class KeySource(Protocol):
+    """Where public keys come from (a JWKS, see `api.jwks`)."""
+
+    async def key_for(self, kid: str) -> PublicKey | None:
+        """The key named `kid`, or None when the source has no such key.
+
+        Raises `AuthUnavailable` when the key is not at hand and the source cannot be reached.
+        """
+        ...
 
 
 class Verifier:
@@ -71,7 +85,14 @@ class Verifier:
             key: Any = self._secret
         elif alg in ASYMMETRIC_ALGORITHMS and self._key_source is not None:
             kid = header.get("kid")
-            key = await self._key_source.key_for(kid if isinstance(kid, str) else None, alg)
+            if not isinstance(kid, str) or not kid:
+                raise Unauthorized("token has no kid")
+            public = await self._key_source.key_for(kid)
+            if public is None:
+                raise Unauthorized("token kid is not in the JWKS")
+            if alg not in public.algorithms:
+                raise Unauthorized("token algorithm does not match its key")
+            key = public.key
         else:
             raise Unauthorized("token algorithm not accepted")
         try:
