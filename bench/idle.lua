@@ -1,9 +1,10 @@
 -- wrk script for the many-connections test: every connection stays open (keep-alive) and sends one
--- list request every <delay_ms> milliseconds. Arguments: <data file> <delay_ms>
+-- list request every <delay_ms> milliseconds. Arguments: <data folder> <delay_ms>
 local delay_ms = 1000
 
 function init(args)
-    dofile(args[1])
+    tokens = {}
+    for line in io.lines(args[1] .. "/tokens.txt") do tokens[#tokens + 1] = line end
     delay_ms = tonumber(args[2])
     math.randomseed(os.time())
 end

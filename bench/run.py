@@ -214,21 +214,23 @@ def _seed(admin_dsn: str, users: int, per_user: int) -> float:
 
 
 def _write_wrk_data(work: Path, admin_dsn: str, secret: str, args: argparse.Namespace) -> Path:
-    """A Lua file with a token per user, (user, task) pairs to read/change, and pairs to delete once."""
+    """Data for the wrk scripts: a token per user, (user, task) pairs to read and change, pairs to delete.
+
+    Plain text, one item per line (a Lua table literal this big exceeds Lua's constant limit); the
+    returned path is the folder holding tokens.txt, pairs.txt and deletes.txt.
+    """
     tokens = [mint_token(secret, f"{USER_PREFIX}{u}", ttl_s=6 * 3600) for u in range(1, args.users + 1)]
     with psycopg.connect(admin_dsn) as conn:
         sample = conn.execute(
             "SELECT user_id, id FROM taskapi.tasks ORDER BY random() LIMIT %s",
             [min(args.users * args.tasks_per_user, 20_000 + 100_000)]).fetchall()
     index = {f"{USER_PREFIX}{u}": u for u in range(1, args.users + 1)}
-    pairs = [(index[user], str(task)) for user, task in sample]
+    pairs = [f"{index[user]} {task}" for user, task in sample]
     reads, deletes = pairs[: len(pairs) // 5 or 1], pairs[len(pairs) // 5:] or pairs
-    lines = ["tokens = {"] + [f'"{t}",' for t in tokens] + ["}", "pairs_list = {"]
-    lines += [f'{{{u}, "{t}"}},' for u, t in reads] + ["}", "deletes = {"]
-    lines += [f'{{{u}, "{t}"}},' for u, t in deletes] + ["}"]
-    path = work / "data.lua"
-    path.write_text("\n".join(lines))
-    return path
+    (work / "tokens.txt").write_text("\n".join(tokens) + "\n")
+    (work / "pairs.txt").write_text("\n".join(reads) + "\n")
+    (work / "deletes.txt").write_text("\n".join(deletes) + "\n")
+    return work
 
 
 # --- the server -------------------------------------------------------------------------------------------
@@ -318,17 +320,23 @@ def _wrk_scenario(wrk: str, server: _server, name: str, concurrency: int, args: 
     threads = min(2, concurrency)
     command = [wrk, f"-t{threads}", f"-c{concurrency}", "--latency", "-s", str(HERE / "scenarios.lua")]
     # a short warm-up so caches, pools and the token cache are in their steady state
-    subprocess.run([*command, "-d2s", server.base_url, "--", "list", str(data_file), str(threads)],
-                   capture_output=True, check=True)
+    _run_wrk([*command, "-d2s", server.base_url, "--", "list", str(data_file), str(threads)])
     cpu_before = server.cpu_seconds()
-    out = subprocess.run([*command, f"-d{args.duration}s", "--timeout", "5s", server.base_url, "--", name,
-                          str(data_file), str(threads)], capture_output=True, text=True, check=True).stdout
+    out = _run_wrk([*command, f"-d{args.duration}s", "--timeout", "5s", server.base_url, "--", name,
+                    str(data_file), str(threads)])
     cpu = server.cpu_seconds() - cpu_before
     result = _parse_wrk(out, name, concurrency)
     if result.requests:
         result.cpu_us_per_request = cpu / result.requests * 1e6
     result.peak_rss_mb = server.peak_rss_mb()
     return result
+
+
+def _run_wrk(command: list[str]) -> str:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"bench: wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done.stdout
 
 
 def _parse_wrk(out: str, name: str, concurrency: int) -> Result:

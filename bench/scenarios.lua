@@ -1,9 +1,24 @@
 -- wrk script for `python -m bench`: one scenario per run, requests spread over many users' tokens.
--- Arguments (after `--`): <scenario> <data file written by bench/run.py> <wrk thread count>
--- The data file defines `tokens` (one per user) and `pairs` ({token index, task id} of that user's
--- tasks); `deletes` holds pairs used once each, split between threads so no task is deleted twice.
+-- Arguments (after `--`): <scenario> <data folder written by bench/run.py> <wrk thread count>
+-- The folder holds tokens.txt (one per user), pairs.txt ("<token index> <task id>" of that user's
+-- tasks) and deletes.txt (pairs used once each, split between threads so no task is deleted twice).
 
 local thread_count = 0
+
+function load_data(folder)
+    tokens, pairs_list, deletes = {}, {}, {}
+    for line in io.lines(folder .. "/tokens.txt") do tokens[#tokens + 1] = line end
+    for name, list in pairs({["pairs.txt"] = pairs_list, ["deletes.txt"] = deletes}) do
+        local file = io.open(folder .. "/" .. name)
+        if file then
+            for line in file:lines() do
+                local user, task = line:match("^(%d+) (%S+)$")
+                if user then list[#list + 1] = {tonumber(user), task} end
+            end
+            file:close()
+        end
+    end
+end
 
 function setup(thread)
     thread:set("thread_id", thread_count)
@@ -15,7 +30,7 @@ local counter = 0
 
 function init(args)
     scenario = args[1]
-    dofile(args[2])
+    load_data(args[2])
     step = tonumber(args[3] or "2")
     math.randomseed(os.time() + thread_id * 7919)
     next_delete = thread_id + 1
