@@ -73,12 +73,24 @@ class NotFound(ApiError):
     status, code = 404, "not_found"
 
 
+class RequestTimeout(ApiError):
+    """408: the body did not arrive within HTTP_READ_TIMEOUT_S (api/limits.py)."""
+
+    status, code = 408, "request_timeout"
+
+
 class PayloadTooLarge(ApiError):
     status, code = 413, "payload_too_large"
 
 
 class UnsupportedMediaType(ApiError):
     status, code = 415, "unsupported_media_type"
+
+
+class HeadersTooLarge(ApiError):
+    """431: the request line and headers are over api/limits.py's MAX_HEAD_BYTES."""
+
+    status, code = 431, "headers_too_large"
 
 
 RETRY_AFTER_S = "1"
@@ -153,8 +165,8 @@ def from_database(exc: psycopg.Error | psycopg_pool.PoolTimeout) -> ApiError:
 
 _HTTP_CODES = {
     400: "validation_error", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
-    503: "service_unavailable",
+    405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large",
+    415: "unsupported_media_type", 431: "headers_too_large", 503: "service_unavailable",
 }
 _HTTP_MESSAGES = {
     400: "the request is not valid", 404: "no such resource", 405: "method not allowed",
