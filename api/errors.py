@@ -182,6 +182,8 @@ def respond(status: int, code: str, message: str, *, headers: dict[str, str] | N
 
 def handle_api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response[ErrorBody]:
     """Exception handler for `ApiError` (and, via `handle_exception`, everything else)."""
+    if exc.code == "internal_error":  # e.g. a database error no SQLSTATE above maps: its cause is the story
+        _log_internal_error(request, exc)
     return respond(exc.status, exc.code, exc.message, headers=exc.headers, details=exc.details)
 
 
@@ -208,9 +210,14 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         if api_error.status < 500 or api_error.code != "internal_error":
             log.info("database error mapped to %s: %s", api_error.status, type(exc).__name__)
             return handle_api_error(request, api_error)
+    _log_internal_error(request, exc)
+    return respond(500, "internal_error", "internal error")
+
+
+def _log_internal_error(request: Request[Any, Any, Any], exc: BaseException) -> None:
+    """The one place a 500's cause is recorded: server-side, with the request id, never in the response."""
     log.error("unhandled error on %s %s [request %s]", request.method, request.scope.get("path_template", "?"),
               request.scope.get("taskapi.request_id", "-"), exc_info=exc)
-    return respond(500, "internal_error", "internal error")
 
 
 def from_body_error(exc: msgspec.DecodeError | UnicodeDecodeError) -> BadRequest:

@@ -26,6 +26,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -345,3 +346,26 @@ def running_pg(restartable_pg: RestartablePostgres) -> Iterator[RestartablePostg
     yield restartable_pg
     if not restartable_pg.is_running():
         restartable_pg.start()
+
+
+@contextmanager
+def table_locked(db: Database) -> Iterator[None]:
+    """Every statement on taskapi.tasks blocks until the block ends (the admin's transaction rolls back)."""
+    with psycopg.connect(db.admin_dsn) as conn:
+        conn.execute("LOCK TABLE taskapi.tasks IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            conn.rollback()
+
+
+def lock_waiters(db: Database) -> int:
+    with psycopg.connect(db.admin_dsn, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
+                            [db.name]).fetchone()[0]
+
+
+def timed_get(base_url: str, path: str, headers: dict[str, str]) -> tuple[int, float, httpx.Response]:
+    started = time.monotonic()
+    response = httpx.get(f"{base_url}{path}", headers=headers, timeout=30)
+    return response.status_code, time.monotonic() - started, response

@@ -21,7 +21,7 @@ from conftest import User, make_user
 class Outcome:
     """One request: when it ran, and what came back (status None: no response, see `error`)."""
 
-    title: str
+    title: str  # also the request's X-Request-ID, so the server's log can be searched for it
     started: float
     ended: float
     status: int | None
@@ -81,7 +81,7 @@ class CreateLoad:
                 title = f"load-{uuid.uuid4().hex}"
                 started = time.monotonic()
                 try:
-                    response = client.post(self.path, json={"title": title}, headers=headers)
+                    response = client.post(self.path, json={"title": title}, headers={**headers, "X-Request-ID": title})
                 except httpx.HTTPError as exc:
                     outcome = Outcome(title, started, time.monotonic(), None, error=f"{type(exc).__name__}: {exc}")
                 else:

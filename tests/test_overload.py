@@ -18,7 +18,17 @@ import psutil
 import psycopg
 import pytest
 
-from conftest import Database, Server, make_user, new_database, server_env, wait_until
+from conftest import (
+    Database,
+    Server,
+    lock_waiters,
+    make_user,
+    new_database,
+    server_env,
+    table_locked,
+    timed_get,
+    wait_until,
+)
 
 SLACK_S = 1.5
 
@@ -37,29 +47,6 @@ def server(db: Database, tmp_path, **env: str) -> Iterator[Server]:
         yield srv
     finally:
         srv.stop()
-
-
-@contextmanager
-def table_locked(db: Database) -> Iterator[None]:
-    """Every statement on taskapi.tasks blocks until the block ends (the admin's transaction rolls back)."""
-    with psycopg.connect(db.admin_dsn) as conn:
-        conn.execute("LOCK TABLE taskapi.tasks IN ACCESS EXCLUSIVE MODE")
-        try:
-            yield
-        finally:
-            conn.rollback()
-
-
-def lock_waiters(db: Database) -> int:
-    with psycopg.connect(db.admin_dsn, autocommit=True) as conn:
-        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
-                            [db.name]).fetchone()[0]
-
-
-def timed_get(base_url: str, path: str, headers: dict[str, str]) -> tuple[int, float, httpx.Response]:
-    started = time.monotonic()
-    response = httpx.get(f"{base_url}{path}", headers=headers, timeout=30)
-    return response.status_code, time.monotonic() - started, response
 
 
 def assert_503(response: httpx.Response) -> None:
