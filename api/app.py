@@ -20,13 +20,12 @@ from .config import Settings
 from .db import Database
 from .errors import EXCEPTION_HANDLERS, ErrorBody, Forbidden, ServiceUnavailable, UnsupportedMediaType, respond
 from .jwks import JwksKeys
+from .limits import MAX_BODY_BYTES, RequestLimits
 from .logs import RequestLog
 from .openapi import not_ready_response, openapi_config
 from .posture import PostureGuard
 
 log = logging.getLogger("taskapi")
-
-MAX_BODY_BYTES = 64 * 1024
 
 
 def create_app(settings: Settings) -> RequestLog:
@@ -72,12 +71,13 @@ def create_app(settings: Settings) -> RequestLog:
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         cors_config=cors,
         openapi_config=openapi_config(__version__),
-        request_max_body_size=MAX_BODY_BYTES,
+        request_max_body_size=MAX_BODY_BYTES,  # RequestLimits checks first; this is a second guard
         state=State({"verifier": Verifier(settings, jwks), "posture": PostureGuard(settings.posture_check_s)}),
         logging_config=None,
         debug=False,
     )
-    return RequestLog(app)
+    # RequestLog outermost, so even a request refused by RequestLimits has its id and its log line.
+    return RequestLog(RequestLimits(app, body_timeout_s=settings.http_read_timeout_s))
 
 
 async def authenticate(request: Request[Any, Any, State]) -> None:

@@ -33,6 +33,8 @@ class Settings:
     db_timeout_s: float = 2.0
     db_statement_timeout_ms: int = 5000
     db_pooler: str = "session"
+    db_max_waiting: int = 256
+    http_read_timeout_s: float = 5.0
     posture_check_s: float = 60.0
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
@@ -62,6 +64,7 @@ class Settings:
         level = (reader.text("LOG_LEVEL") or "INFO").upper()
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError("LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+        pool_size = int(reader.number("DB_POOL_SIZE", 8, low=1, high=1000, integer=True))
         return cls(
             database_url=database_url,
             jwt_secret=secret or None,
@@ -74,15 +77,28 @@ class Settings:
             host=reader.text("HOST") or DEFAULT_HOST,
             port=int(reader.number("PORT", DEFAULT_PORT, low=0, high=65535, integer=True)),
             workers=int(reader.number("WORKERS", 1, low=1, high=64, integer=True)),
-            db_pool_size=int(reader.number("DB_POOL_SIZE", 8, low=1, high=1000, integer=True)),
+            db_pool_size=pool_size,
             db_timeout_s=reader.number("DB_TIMEOUT_S", 2.0, low=0.1, high=300),
             db_statement_timeout_ms=int(
                 reader.number("DB_STATEMENT_TIMEOUT_MS", 5000, low=1, high=3_600_000, integer=True)),
             db_pooler=pooler,
+            db_max_waiting=int(reader.number("DB_MAX_WAITING", default_max_waiting(pool_size), low=1, high=100_000,
+                                             integer=True)),
+            http_read_timeout_s=reader.number("HTTP_READ_TIMEOUT_S", 5.0, low=0.5, high=300),
             posture_check_s=reader.number("POSTURE_CHECK_S", 60.0, low=0.1, high=86400),
             shutdown_grace_s=reader.number("SHUTDOWN_GRACE_S", 10.0, low=0, high=3600),
             log_level=level,
         )
+
+
+def default_max_waiting(pool_size: int) -> int:
+    """How many requests may queue for a connection by default: 32 per connection, at least 64.
+
+    At a few milliseconds per statement, a connection serves hundreds of requests within the default
+    DB_TIMEOUT_S, so a queue this long still drains in time; a longer one would only make more
+    clients wait DB_TIMEOUT_S for a 503 instead of getting it at once.
+    """
+    return max(64, 32 * pool_size)
 
 
 def jwt_secret_from_env(env: Mapping[str, str] | None = None) -> str | None:

@@ -11,14 +11,19 @@ is ever bound into the claims, so no other claim can reach a server log line.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import math
 import select
+import time
 from collections.abc import Mapping
 from typing import Any, LiteralString
 
 import msgspec
 import psycopg
 from psycopg import AsyncClientCursor, AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
 from .config import Settings
@@ -27,6 +32,10 @@ from .errors import ServiceUnavailable, from_database
 log = logging.getLogger("taskapi.db")
 
 Params = Mapping[str, Any]
+
+# How often a pool below its size tries to grow again; with the connect time it bounds how long the
+# API keeps answering 503 once the database is back (issue #6: serving again within 2 s).
+REFILL_INTERVAL_S = 0.5
 
 # Installs the verified identity and the statement timeout for this transaction only.
 SET_REQUEST_CONTEXT: LiteralString = (
@@ -93,6 +102,9 @@ class Database:
         self._timeout = settings.db_timeout_s
         self._statement_timeout = str(settings.db_statement_timeout_ms)
         kwargs: dict[str, Any] = {"autocommit": True, "cursor_factory": AsyncClientCursor}
+        if "connect_timeout" not in conninfo_to_dict(settings.database_url):
+            # A database host that drops packets must not hold a connection attempt for minutes.
+            kwargs["connect_timeout"] = max(2, math.ceil(settings.db_timeout_s))
         if settings.db_pooler == "transaction":
             # A transaction-mode pooler may give each statement a different server connection:
             # nothing session-scoped, no server-side prepared statements.
@@ -105,11 +117,14 @@ class Database:
             open=False,
             timeout=settings.db_timeout_s,
             # Bound the queue of requests waiting for a connection: past it they get 503 at once.
-            max_waiting=max(64, settings.db_pool_size * 32),
-            check=_check_alive,
-            reconnect_timeout=0,  # keep trying to reconnect forever while the database is away
+            max_waiting=settings.db_max_waiting,
+            # psycopg_pool's backoff doubles from 1 s, so after a long outage its next attempt could
+            # be minutes away. With 0, a failed attempt is retried once at once and then given up
+            # (the pool shrinks by one); `_keep_full` grows it back every REFILL_INTERVAL_S.
+            reconnect_timeout=0,
             name="taskapi",
         )
+        self._keeper: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         """Open the pool and refuse (`RoleUnfit`) a role that could bypass row-level security."""
@@ -121,9 +136,16 @@ class Database:
         if problem:
             await self.pool.close()
             raise RoleUnfit(problem)
+        self._keeper = asyncio.create_task(self._keep_full(), name="taskapi-pool-keeper")
 
     async def close(self) -> None:
+        """Stop refilling, close every connection; requests still waiting get a 503."""
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
         await self.pool.close()
+        log.info("database pool closed")
 
     async def fetch_one(self, user_id: str, statement: LiteralString, params: Params) -> tuple[Any, ...] | None:
         """Run `statement` as `user_id` in one transaction; return its first row, or None."""
@@ -171,45 +193,74 @@ class Database:
             "_statement_timeout": self._statement_timeout,
         }
 
+    async def _keep_full(self) -> None:
+        """Grow the pool back to its size whenever connections were lost and not replaced.
+
+        psycopg_pool only grows a pool on its own while clients are queueing for a connection;
+        without this, a pool emptied by an outage would refill only under load, and one that lost
+        a connection in a short hiccup would stay a connection short until the next queue.
+        `check()` verifies the idle connections and starts growing by one connection at a time.
+        """
+        while True:
+            await asyncio.sleep(REFILL_INTERVAL_S)
+            stats = self.pool.get_stats()
+            if stats["pool_size"] < stats["pool_min"]:
+                try:
+                    await self.pool.check()
+                except Exception:  # never let the keeper die: it is what brings the pool back
+                    log.exception("pool check failed")
+
 
 class _PooledConnection:
-    """`pool.connection()` that turns every driver or pool failure into an `ApiError`."""
+    """A live connection from the pool, within DB_TIMEOUT_S; every failure becomes an `ApiError`.
 
-    __slots__ = ("_cm", "_pool", "_timeout")
+    The liveness check runs here rather than as the pool's `check`: psycopg_pool sleeps one second
+    (then two, four...) after each connection that fails its check, so after a restart of
+    PostgreSQL a request meeting a few dead idle connections would run out of DB_TIMEOUT_S. Here a
+    dead connection is handed back (the pool discards it and opens a replacement) and the next one
+    is taken at once.
+    """
+
+    __slots__ = ("_conn", "_pool", "_timeout")
 
     def __init__(self, pool: AsyncConnectionPool, timeout: float) -> None:
         self._pool = pool
         self._timeout = timeout
-        self._cm: Any = None
+        self._conn: AsyncConnection | None = None
 
     async def __aenter__(self) -> AsyncConnection:
-        self._cm = self._pool.connection(timeout=self._timeout)
-        try:
-            return await self._cm.__aenter__()
-        except (psycopg.Error, PoolTimeout, TooManyRequests) as exc:
-            raise from_database(exc) from exc
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                conn = await self._pool.getconn(timeout=deadline - time.monotonic())
+            except (psycopg.Error, PoolTimeout, TooManyRequests) as exc:
+                raise from_database(exc) from exc
+            if _is_alive(conn):
+                self._conn = conn
+                return conn
+            await conn.close()
+            await self._pool.putconn(conn)
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        assert self._conn is not None
         try:
-            await self._cm.__aexit__(exc_type, exc, tb)
+            await self._pool.putconn(self._conn)
         except psycopg.Error as pool_exc:  # returning the connection failed: the pool discards it
             log.debug("returning a connection failed: %s", type(pool_exc).__name__)
         if isinstance(exc, psycopg.Error):
             raise from_database(exc) from exc
 
 
-async def _check_alive(conn: AsyncConnection) -> None:
-    """Pool check on every checkout, without a round trip.
+def _is_alive(conn: AsyncConnection) -> bool:
+    """Whether an idle pooled connection may be used, without a round trip.
 
     An idle connection has nothing to read. If its socket is readable, the server has sent
-    something: usually the goodbye of a shutdown or a terminated backend, then EOF. Reading it makes
-    libpq notice the broken connection, and raising here makes the pool replace it, so no request is
-    handed a connection that a check could have caught.
+    something: almost always the goodbye of a shutdown or a terminated backend, then EOF (rarely a
+    notice). Either way the connection is not trusted with a request and gets replaced.
     """
+    if conn.closed or conn.broken:
+        return False
     # poll, not select: select fails on descriptors above 1024, common with many client sockets.
     poller = select.poll()
     poller.register(conn.pgconn.socket, select.POLLIN)
-    if poller.poll(0):
-        conn.pgconn.consume_input()  # raises OperationalError when the server closed the socket
-        if conn.broken or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
-            raise psycopg.OperationalError("connection closed by the server")
+    return not poller.poll(0)

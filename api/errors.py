@@ -79,12 +79,24 @@ class NotFound(ApiError):
     status, code = 404, "not_found"
 
 
+class RequestTimeout(ApiError):
+    """408: the body did not arrive within HTTP_READ_TIMEOUT_S (api/limits.py)."""
+
+    status, code = 408, "request_timeout"
+
+
 class PayloadTooLarge(ApiError):
     status, code = 413, "payload_too_large"
 
 
 class UnsupportedMediaType(ApiError):
     status, code = 415, "unsupported_media_type"
+
+
+class HeadersTooLarge(ApiError):
+    """431: the request line and headers are over api/limits.py's MAX_HEAD_BYTES."""
+
+    status, code = 431, "headers_too_large"
 
 
 RETRY_AFTER_S = "1"
@@ -160,8 +172,8 @@ def from_database(exc: psycopg.Error | psycopg_pool.PoolTimeout) -> ApiError:
 
 _HTTP_CODES = {
     400: "validation_error", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-    405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
-    503: "service_unavailable",
+    405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large",
+    415: "unsupported_media_type", 431: "headers_too_large", 503: "service_unavailable",
 }
 _HTTP_MESSAGES = {
     400: "the request is not valid", 404: "no such resource", 405: "method not allowed",
@@ -179,6 +191,8 @@ def respond(status: int, code: str, message: str, *, headers: dict[str, str] | N
 
 def handle_api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response[ErrorBody]:
     """Exception handler for `ApiError` (and, via `handle_exception`, everything else)."""
+    if exc.code == "internal_error":  # e.g. a database error no SQLSTATE above maps: its cause is the story
+        _log_internal_error(request, exc)
     return respond(exc.status, exc.code, exc.message, headers=exc.headers, details=exc.details)
 
 
@@ -205,9 +219,14 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         if api_error.status < 500 or api_error.code != "internal_error":
             log.info("database error mapped to %s: %s", api_error.status, type(exc).__name__)
             return handle_api_error(request, api_error)
+    _log_internal_error(request, exc)
+    return respond(500, "internal_error", "internal error")
+
+
+def _log_internal_error(request: Request[Any, Any, Any], exc: BaseException) -> None:
+    """The one place a 500's cause is recorded: server-side, with the request id, never in the response."""
     log.error("unhandled error on %s %s [request %s]", request.method, request.scope.get("path_template", "?"),
               request.scope.get("taskapi.request_id", "-"), exc_info=exc)
-    return respond(500, "internal_error", "internal error")
 
 
 def from_body_error(exc: msgspec.DecodeError | UnicodeDecodeError) -> BadRequest:

@@ -13,8 +13,10 @@ _DESCRIPTIONS = {
     403: "Another user's task or `{user_id}` path (`forbidden`)",
     404: "No such task, or an id that is not a UUID (`not_found`)",
     405: "Method not allowed (`method_not_allowed`)",
+    408: "The body did not arrive within HTTP_READ_TIMEOUT_S (`request_timeout`)",
     413: "Body over 64 KiB (`payload_too_large`)",
     415: "Body is not `application/json` (`unsupported_media_type`)",
+    431: "Request line and headers over 128 KiB (`headers_too_large`)",
     500: "Internal error (`internal_error`), never with details of the cause",
     503: ("Database or JWKS unavailable, or the database's row-level security posture broken "
           "(`service_unavailable` / `auth_unavailable`), with `Retry-After`"),
@@ -22,8 +24,8 @@ _DESCRIPTIONS = {
 
 
 def error_responses(*, body: bool = False) -> dict[int, ResponseSpec]:
-    """The error responses of an /api operation (every one may meet 400, 401, 403, 404 and 503)."""
-    codes = [400, 401, 403, 404, 503] + ([413, 415] if body else [])
+    """The error responses of an /api operation (every one may meet 400, 401, 403, 404, 431 and 503)."""
+    codes = [400, 401, 403, 404, 431, 503] + ([408, 413, 415] if body else [])
     return {code: ResponseSpec(data_container=ErrorBody, description=_DESCRIPTIONS[code], generate_examples=False)
             for code in codes}
 

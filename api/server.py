@@ -11,8 +11,12 @@ from .config import Settings
 from .db import CHECK_RUNTIME_ROLE, role_problem
 from .logs import RequestLog, configure_logging
 
-# Slow-client protection: a client has this long to send its request headers.
-HEADER_READ_TIMEOUT_MS = 5_000
+# hyper's read buffer, which bounds the request head it accepts (431 and close beyond it). Above
+# api/limits.py's MAX_HEAD_BYTES, so a head between the two still gets the contract's JSON 431.
+MAX_BUFFER_BYTES = 256 * 1024
+# Requests admitted into Python beyond those that can hold or wait for a connection: room for
+# /health, /ready and the requests refused before any database work (401, 404, 4xx of limits.py).
+BACKPRESSURE_HEADROOM = 64
 
 
 class StartupError(Exception):
@@ -42,8 +46,25 @@ def app_from_env() -> RequestLog:
     return create_app(settings)
 
 
+def backpressure(settings: Settings) -> int:
+    """How many requests one worker hands to the app at once; granian holds the rest unread.
+
+    Every admitted request can hold a connection (DB_POOL_SIZE) or a place in the pool's queue
+    (DB_MAX_WAITING); requests past those get a 503 at once, which costs little, and the headroom
+    keeps health checks answering while the queue is full. So a worker's memory is bounded by this
+    number times one request (head up to 128 KiB, body up to 64 KiB), and the pool's queue, not
+    granian's, is where requests wait: with a bound and a timeout (DB_TIMEOUT_S).
+    """
+    return settings.db_pool_size + settings.db_max_waiting + BACKPRESSURE_HEADROOM
+
+
 def run(settings: Settings) -> None:
-    """Serve until SIGINT/SIGTERM. In-flight requests get `SHUTDOWN_GRACE_S` to finish."""
+    """Serve until SIGINT/SIGTERM.
+
+    On SIGTERM granian stops accepting, lets the requests in flight finish, then runs the app's
+    lifespan shutdown (which closes the pool) and exits 0; a worker still busy after
+    `SHUTDOWN_GRACE_S` is killed.
+    """
     Server(
         "api.server:app_from_env",
         factory=True,
@@ -51,7 +72,10 @@ def run(settings: Settings) -> None:
         address=settings.host,
         port=settings.port,
         workers=settings.workers,
-        http1_settings=HTTP1Settings(header_read_timeout=HEADER_READ_TIMEOUT_MS),
+        backpressure=backpressure(settings),
+        # A client has this long to send its request head; RequestLimits gives the body as long again.
+        http1_settings=HTTP1Settings(header_read_timeout=round(settings.http_read_timeout_s * 1000),
+                                     max_buffer_size=MAX_BUFFER_BYTES),
         websockets=False,
         log_enabled=True,
         log_level=settings.log_level.lower(),

