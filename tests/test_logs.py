@@ -56,6 +56,8 @@ def test_unmatched_and_refused_requests_are_logged_too(http, server):
 def test_a_500_never_reaches_the_client_and_is_logged_with_its_request_id(scratch_database, tmp_path):
     """An error no SQLSTATE maps (a trigger raising XX000) is a bare 500 for the client, a traceback in the log."""
     with psycopg.connect(scratch_database.admin_dsn, autocommit=True) as conn:
+        # As the owner, so the posture guard (issue #4) sees no foreign object and lets /api serve.
+        conn.execute("SET ROLE taskapi_owner")
         conn.execute("""
             CREATE FUNCTION taskapi.boom() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN RAISE EXCEPTION 'secret-internal-detail' USING ERRCODE = 'XX000'; END $$;
