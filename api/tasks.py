@@ -9,7 +9,7 @@ and only then does `task_exists` tell the two apart (403 vs 404).
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, ClassVar, Generic, Literal, LiteralString, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 import msgspec
 from litestar import Request, Response, delete, get, patch, post, put, route
@@ -20,7 +20,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import Parameter
 
-from .db import Database
+from .db import Database, Statement
 from .errors import Forbidden, NotFound, from_body_error, validation_error
 from .openapi import error_responses
 
@@ -130,7 +130,7 @@ def _openapi_schema(json_schema: dict[str, Any]) -> Schema:
 
 # The caller's page of tasks and the count of every matching task, as one JSON document.
 # `%(completed)s IS NULL` folds away when no filter is given (parameters are bound as literals).
-LIST_TASKS: LiteralString = """
+LIST_TASKS = Statement("""
 SELECT json_build_object(
     'tasks', coalesce(
         (SELECT json_agg(taskapi.task_json(page) ORDER BY page.created_at DESC, page.id DESC)
@@ -142,7 +142,7 @@ SELECT json_build_object(
     'total_count', (SELECT count(*) FROM taskapi.tasks
                     WHERE %(completed)s::boolean IS NULL OR completed = %(completed)s::boolean)
 )::text
-"""
+""")
 
 
 @get("/tasks", summary="List my tasks", responses=error_responses(),
@@ -164,11 +164,11 @@ async def list_tasks(
 
 # user_id is not named: its column default is taskapi.current_user_id(), and the insert policy's
 # WITH CHECK refuses any other value.
-CREATE_TASK: LiteralString = """
+CREATE_TASK = Statement("""
 INSERT INTO taskapi.tasks AS t (title, description, completed)
 VALUES (%(title)s, %(description)s, %(completed)s)
 RETURNING t.id, taskapi.task_json(t)::text
-"""
+""")
 
 
 @post("/tasks", summary="Create a task", status_code=201, opt={"json_body": True},
@@ -183,12 +183,13 @@ async def create_task(request: Request[Any, Any, State], data: TaskCreate) -> Re
     row = await _db(request).fetch_one(_caller(request), CREATE_TASK, values)
     assert row is not None  # RETURNING of an INSERT that did not raise
     task_id, body = row
-    return _json(body, status_code=201, headers={"Location": f"/api/tasks/{task_id}"})
+    assert task_id is not None and body is not None
+    return _json(body, status_code=201, headers={"Location": f"/api/tasks/{task_id.decode()}"})
 
 
 # --- read one ---------------------------------------------------------------------------------------
 
-GET_TASK: LiteralString = "SELECT taskapi.task_json(t)::text FROM taskapi.tasks AS t WHERE t.id = %(id)s"
+GET_TASK = Statement("SELECT taskapi.task_json(t)::text FROM taskapi.tasks AS t WHERE t.id = %(id)s")
 
 
 @get("/tasks/{task_id:str}", summary="Get one of my tasks", responses=error_responses())
@@ -199,14 +200,14 @@ async def get_task(request: Request[Any, Any, State], task_id: str) -> Response[
 # --- change -----------------------------------------------------------------------------------------
 
 # Fields not sent keep their value; description may be set to null, so it has its own flag.
-UPDATE_TASK: LiteralString = """
+UPDATE_TASK = Statement("""
 UPDATE taskapi.tasks AS t SET
     title = coalesce(%(title)s, t.title),
     description = CASE WHEN %(set_description)s THEN %(description)s ELSE t.description END,
     completed = coalesce(%(completed)s, t.completed)
 WHERE t.id = %(id)s
 RETURNING taskapi.task_json(t)::text
-"""
+""")
 
 
 async def _change_task(request: Request[Any, Any, State], task_id: str, data: TaskChange) -> Response[Task]:
@@ -236,11 +237,11 @@ async def patch_task(request: Request[Any, Any, State], task_id: str, data: Task
 
 
 # Flips `completed` in one statement, so two concurrent toggles give two flips, never one.
-TOGGLE_TASK: LiteralString = """
+TOGGLE_TASK = Statement("""
 UPDATE taskapi.tasks AS t SET completed = NOT t.completed
 WHERE t.id = %(id)s
 RETURNING taskapi.task_json(t)::text
-"""
+""")
 
 
 @patch("/tasks/{task_id:str}/toggle", summary="Flip completed on one of my tasks",
@@ -251,7 +252,7 @@ async def toggle_task(request: Request[Any, Any, State], task_id: str) -> Respon
 
 # --- delete -----------------------------------------------------------------------------------------
 
-DELETE_TASK: LiteralString = "DELETE FROM taskapi.tasks WHERE id = %(id)s RETURNING '{\"message\": \"Task deleted\"}'"
+DELETE_TASK = Statement("DELETE FROM taskapi.tasks WHERE id = %(id)s RETURNING '{\"message\": \"Task deleted\"}'")
 
 
 @delete("/tasks/{task_id:str}", summary="Delete one of my tasks", status_code=200,
@@ -298,7 +299,7 @@ def compat_handlers() -> list[Any]:
 
 # --- helpers ----------------------------------------------------------------------------------------
 
-async def _one_task(request: Request[Any, Any, State], statement: LiteralString, task_id: str,
+async def _one_task(request: Request[Any, Any, State], statement: Statement, task_id: str,
                     values: dict[str, Any]) -> Response[Any]:
     """Run a single-task statement; no row means 403 (exists, not yours) or 404 (no such task)."""
     tid = _task_id(task_id)
@@ -340,8 +341,6 @@ def _clean_description(description: str | None) -> str | None:
     return description
 
 
-
-
 def _caller(request: Request[Any, Any, State]) -> str:
     return request.scope["taskapi.user_id"]  # type: ignore[typeddict-item]
 
@@ -350,5 +349,7 @@ def _db(request: Request[Any, Any, State]) -> Database:
     return request.app.state.db
 
 
-def _json(body: str, *, status_code: int = 200, headers: dict[str, str] | None = None) -> Response[Any]:
-    return Response(body.encode(), status_code=status_code, media_type=JSON, headers=headers)
+def _json(body: bytes | None, *, status_code: int = 200, headers: dict[str, str] | None = None) -> Response[Any]:
+    """The JSON PostgreSQL built, passed on as it came."""
+    assert body is not None  # every statement above returns a non-null JSON text
+    return Response(body, status_code=status_code, media_type=JSON, headers=headers)

@@ -36,7 +36,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from api import embedded
 from api.auth import mint_token
-from api.db import SET_REQUEST_CONTEXT
+from api.db import SET_REQUEST_CONTEXT, Statement
 from api.migrate import migrate
 from api.tasks import LIST_TASKS
 
@@ -363,7 +363,7 @@ def _ms(value: float, unit: str) -> float:
 
 # LIST_TASKS (api/tasks.py) with the owner filter written out, for a role that bypasses RLS: what the
 # same request costs without row-level security.
-LIST_TASKS_EXPLICIT_WHERE = """
+LIST_TASKS_EXPLICIT_WHERE = Statement("""
 SELECT json_build_object(
     'tasks', coalesce(
         (SELECT json_agg(taskapi.task_json(page) ORDER BY page.created_at DESC, page.id DESC)
@@ -377,24 +377,31 @@ SELECT json_build_object(
                     WHERE user_id = %(user_id)s
                       AND (%(completed)s::boolean IS NULL OR completed = %(completed)s::boolean))
 )::text
-"""
+""")
 
 
 def _floor_script(explicit_where: bool) -> str:
-    """The message the API sends for a default list request, as a pgbench command with a random user.
+    """What the API sends for a default list request, as a pgbench script (run with -M prepared).
 
-    Parameters are rendered as literals the way psycopg's client-side binding renders them; only the
-    user id becomes the pgbench variable `:u`. With `explicit_where`, the statement is
-    LIST_TASKS_EXPLICIT_WHERE instead of the API's LIST_TASKS.
+    The same two statements (api.db.SET_REQUEST_CONTEXT, then api.tasks.LIST_TASKS) as prepared
+    statements in one pipeline with one Sync. pgbench variables can only be numbers, so the user id
+    is built in SQL from the random user number, and `completed` (NULL) is written as a literal.
+    With `explicit_where`, the statement is LIST_TASKS_EXPLICIT_WHERE instead.
     """
-    sub = f"{USER_PREFIX}:u"
-    params = {"_claims": json.dumps({"sub": sub}), "_statement_timeout": "5000", "completed": None, "limit": 50,
-              "offset": 0, "user_id": sub}
+    sub = f"'{USER_PREFIX}' || :u"
+    context = _pgbench_sql(SET_REQUEST_CONTEXT.sql, {"claims": f"""'{{"sub": "' || {sub} || '"}}'""",
+                                                     "statement_timeout": "'5000'"})
     statement = LIST_TASKS_EXPLICIT_WHERE if explicit_where else LIST_TASKS
-    text = (SET_REQUEST_CONTEXT + statement) % {k: sql.Literal(v).as_string(None) for k, v in params.items()}
-    # pgbench reads one command per line; `\;` joins statements into one message, as the API sends them.
-    single_line = " ".join(line.strip() for line in text.splitlines() if line.strip())
-    return single_line.replace("; SELECT json_build_object", " \\; SELECT json_build_object")
+    query = _pgbench_sql(statement.sql, {"completed": "NULL", "limit": ":limit", "offset": ":offset",
+                                         "user_id": f"({sub})"})
+    return "\n".join(["\\set limit 50", "\\set offset 0", "\\startpipeline", f"{context};", f"{query};",
+                      "\\endpipeline"])
+
+
+def _pgbench_sql(sql_text: str, values: dict[str, str]) -> str:
+    """`sql_text` on one line, its %(name)s parameters replaced by pgbench expressions."""
+    one_line = " ".join(line.strip() for line in sql_text.splitlines() if line.strip())
+    return re.sub(r"%\((\w+)\)s", lambda m: values[m[1]], one_line)
 
 
 def _pgbench(db: dict[str, str], role: str, name: str, script: str, args: argparse.Namespace, work: Path) -> Result:
@@ -402,7 +409,7 @@ def _pgbench(db: dict[str, str], role: str, name: str, script: str, args: argpar
     path.write_text(f"\\set u random(1, {args.users})\n{script}\n")
     dsn = conninfo_to_dict(db[role])
     env = {**os.environ, "PGPASSWORD": dsn.get("password", "")}
-    command = [db["pgbench"], "-n", "-M", "simple", "-c", str(args.concurrency), "-j", "2",
+    command = [db["pgbench"], "-n", "-M", "prepared", "-c", str(args.concurrency), "-j", "2",
                "-T", str(args.duration), "-f", str(path), "-l",
                "--log-prefix", str(work / role),
                "-h", dsn.get("host", "127.0.0.1"), "-p", str(dsn.get("port", 5432)), "-U", dsn["user"], dsn["dbname"]]

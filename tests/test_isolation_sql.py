@@ -12,6 +12,7 @@ from psycopg import errors
 
 from api.config import Settings
 from api.db import Database as ApiDatabase
+from api.db import Statement
 from conftest import JWT_SECRET, pooler_env
 
 
@@ -204,12 +205,12 @@ def test_pooled_connection_never_carries_identity_between_requests(database):
         db = ApiDatabase(settings)
         await db.open()
         try:
-            insert = "INSERT INTO taskapi.tasks (title) VALUES (%(title)s) RETURNING user_id"
-            count = "SELECT count(*), coalesce(string_agg(DISTINCT user_id, ','), '') FROM taskapi.tasks"
+            insert = Statement("INSERT INTO taskapi.tasks (title) VALUES (%(title)s) RETURNING user_id")
+            count = Statement("SELECT count(*), coalesce(string_agg(DISTINCT user_id, ','), '') FROM taskapi.tasks")
             for i in range(10):
                 for user in (a, b):
-                    assert await db.fetch_one(user, insert, {"title": f"{user}-{i}"}) == (user,)
-                    assert await db.fetch_one(user, count, {}) == (i + 1, user)
+                    assert await db.fetch_one(user, insert, {"title": f"{user}-{i}"}) == (user.encode(),)
+                    assert await db.fetch_one(user, count, {}) == (str(i + 1).encode(), user.encode())
             async with db.pool.connection() as conn:  # the one pooled connection, after both users
                 cur = await conn.execute("SELECT current_setting('request.jwt.claims', true),"
                                          " (SELECT count(*) FROM taskapi.tasks)")
@@ -230,14 +231,14 @@ def test_pooled_connection_many_users_concurrently(database):
     async def scenario() -> None:
         db = ApiDatabase(settings)
         await db.open()
+        insert = Statement("INSERT INTO taskapi.tasks (title) VALUES (%(t)s) RETURNING id")
+        count = Statement("SELECT string_agg(DISTINCT user_id, ','), count(*) FROM taskapi.tasks")
         try:
             async def one(user: str) -> None:
                 for i in range(4):
-                    await db.fetch_one(user, "INSERT INTO taskapi.tasks (title) VALUES (%(t)s) RETURNING id",
-                                       {"t": f"t{i}"})
-                    seen = await db.fetch_one(user, "SELECT array_agg(DISTINCT user_id), count(*) FROM taskapi.tasks",
-                                              {})
-                    assert seen == ([user], i + 1)
+                    await db.fetch_one(user, insert, {"t": f"t{i}"})
+                    seen = await db.fetch_one(user, count, {})
+                    assert seen == (user.encode(), str(i + 1).encode())
 
             await asyncio.gather(*(one(u) for u in users))
         finally:
