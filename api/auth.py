@@ -21,7 +21,8 @@ MAX_TOKEN_LENGTH = 8192
 MAX_SUB_LENGTH = 255
 SYMMETRIC_ALGORITHMS = frozenset({"HS256"})
 ASYMMETRIC_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
-# A bounded cache: at 10,000 entries it is emptied, which costs one re-verification per live token.
+# A bounded cache of verified tokens; past this size the oldest entry makes room (FIFO), so memory
+# stays bounded (~3 MB) and a burst of new tokens costs the oldest ones a re-verification only.
 TOKEN_CACHE_SIZE = 10_000
 
 
@@ -71,7 +72,7 @@ class Verifier:
             del self._cache[token]
         sub, exp = await self._verify(token)
         if len(self._cache) >= TOKEN_CACHE_SIZE:
-            self._cache.clear()
+            del self._cache[next(iter(self._cache))]  # dicts keep insertion order: this is the oldest
         self._cache[token] = (sub, exp + self._leeway)
         return sub
 

@@ -8,7 +8,9 @@ line holds the route template (never the raw path, which may carry ids), and a h
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+import os
 import re
 import sys
 import time
@@ -69,13 +71,18 @@ def _request_id(scope: dict[str, Any]) -> str:
             if _SANE_REQUEST_ID.fullmatch(value):
                 return value.decode()
             break
-    return uuid.uuid4().hex
+    # Unique, not secret: a random prefix per process and a counter (uuid4 costs a getrandom call).
+    return f"{_ID_PREFIX}{next(_id_counter):08x}"
+
+
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_id_counter = itertools.count(1)
 
 
 def _write_line(scope: dict[str, Any], request_id: str, status: int, seconds: float) -> None:
     user_id = scope.get("taskapi.user_id")
     line = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
+        "time": _utc_now(),
         "level": "info",
         "request_id": request_id,
         "method": scope["method"],
@@ -84,8 +91,24 @@ def _write_line(scope: dict[str, Any], request_id: str, status: int, seconds: fl
         "duration_ms": round(seconds * 1000, 3),
         "user": hashlib.sha256(user_id.encode()).hexdigest()[:16] if user_id else None,
     }
-    sys.stderr.buffer.write(_encode(line) + b"\n")
-    sys.stderr.flush()
+    # One unbuffered write per line: lines of concurrent workers never interleave, and none waits in
+    # a buffer when the process dies.
+    os.write(_STDERR, _encode(line) + b"\n")
+
+
+_STDERR = 2
+_last_second = -1
+_last_stamp = ""
+
+
+def _utc_now() -> str:
+    """The current UTC time to the second, formatted once per second."""
+    global _last_second, _last_stamp
+    now = int(time.time())
+    if now != _last_second:
+        _last_second = now
+        _last_stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+    return _last_stamp
 
 
 class JsonFormatter(logging.Formatter):

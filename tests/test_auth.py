@@ -143,3 +143,15 @@ def test_better_auth_secret_is_read_when_jwt_secret_is_unset():
 def test_no_key_configured_is_a_config_error():
     with pytest.raises(ConfigError, match="JWT_SECRET"):
         Settings.from_env({"DATABASE_URL": "x"})
+
+
+def test_token_cache_is_bounded_and_evicts_the_oldest(monkeypatch):
+    import api.auth
+
+    monkeypatch.setattr(api.auth, "TOKEN_CACHE_SIZE", 3)
+    v = verifier()
+    tokens = [token(valid_claims(sub=f"cache-{i}")) for i in range(5)]
+    for raw in tokens:
+        check(v, raw)
+    assert list(v._cache) == tokens[2:]
+    assert check(v, tokens[0]) == "cache-0"  # evicted, verified again
