@@ -35,6 +35,8 @@ class Settings:
     db_pooler: str = "session"
     db_max_waiting: int = 256
     http_read_timeout_s: float = 5.0
+    http_keepalive_s: float = 60.0
+    max_connections: int = 8192
     posture_check_s: float = 60.0
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
@@ -85,6 +87,9 @@ class Settings:
             db_max_waiting=int(reader.number("DB_MAX_WAITING", default_max_waiting(pool_size), low=1, high=100_000,
                                              integer=True)),
             http_read_timeout_s=reader.number("HTTP_READ_TIMEOUT_S", 5.0, low=0.5, high=300),
+            # granian accepts at most 60 s for its header read timeout.
+            http_keepalive_s=reader.number("HTTP_KEEPALIVE_S", 60.0, low=1, high=60),
+            max_connections=int(reader.number("MAX_CONNECTIONS", 8192, low=16, high=1_000_000, integer=True)),
             posture_check_s=reader.number("POSTURE_CHECK_S", 60.0, low=0.1, high=86400),
             shutdown_grace_s=reader.number("SHUTDOWN_GRACE_S", 10.0, low=0, high=3600),
             log_level=level,

@@ -1,6 +1,6 @@
 """What a client may send, and how long it may take: enforced before the app reads anything.
 
-granian (hyper) already bounds the time to send the request head (`HTTP_READ_TIMEOUT_S`) and, far
+granian (hyper) already bounds the time to send the request head (`HTTP_KEEPALIVE_S`) and, far
 above these limits, its size (431, then the connection is closed). This ASGI layer adds what it
 cannot: a JSON 431 for a head over `MAX_HEAD_BYTES`, a 413 for a body that is or turns out to be over
 `MAX_BODY_BYTES` (whatever Content-Length said, also when chunked), and a deadline for the body. A

@@ -17,6 +17,7 @@ MAX_BUFFER_BYTES = 256 * 1024
 # Requests admitted into Python beyond those that can hold or wait for a connection: room for
 # /health, /ready and the requests refused before any database work (401, 404, 4xx of limits.py).
 BACKPRESSURE_HEADROOM = 64
+LISTEN_BACKLOG = 4096
 
 
 class StartupError(Exception):
@@ -47,15 +48,15 @@ def app_from_env() -> RequestLog:
 
 
 def backpressure(settings: Settings) -> int:
-    """How many requests one worker hands to the app at once; granian holds the rest unread.
+    """How many connections one worker accepts at once (granian's `backpressure` counts connections).
 
-    Every admitted request can hold a connection (DB_POOL_SIZE) or a place in the pool's queue
-    (DB_MAX_WAITING); requests past those get a 503 at once, which costs little, and the headroom
-    keeps health checks answering while the queue is full. So a worker's memory is bounded by this
-    number times one request (head up to 128 KiB, body up to 64 KiB), and the pool's queue, not
-    granian's, is where requests wait: with a bound and a timeout (DB_TIMEOUT_S).
+    Idle keep-alive connections cost granian little, so this is high (MAX_CONNECTIONS, default 8192
+    per worker): 10,000 clients may hold a connection open. What bounds the work, and the memory, is
+    the pool's queue: a request that needs the database holds a connection or waits in a queue of
+    at most DB_MAX_WAITING for DB_TIMEOUT_S, and gets a 503 at once beyond it. It is never below
+    what that queue needs, plus headroom so /health and /ready answer while the pool is saturated.
     """
-    return settings.db_pool_size + settings.db_max_waiting + BACKPRESSURE_HEADROOM
+    return max(settings.max_connections, settings.db_pool_size + settings.db_max_waiting + BACKPRESSURE_HEADROOM)
 
 
 def run(settings: Settings) -> None:
@@ -73,8 +74,13 @@ def run(settings: Settings) -> None:
         port=settings.port,
         workers=settings.workers,
         backpressure=backpressure(settings),
+        # Connections not yet accepted wait in the kernel's listen queue: sized for bursts of new
+        # clients (Linux caps it at net.core.somaxconn, 4096 by default).
+        backlog=LISTEN_BACKLOG,
         # A client has this long to send its request head; RequestLimits gives the body as long again.
-        http1_settings=HTTP1Settings(header_read_timeout=round(settings.http_read_timeout_s * 1000),
+        # granian's header timeout runs from the end of the previous response (or the accept) to the end
+        # of the next request head: it bounds both a slow head and an idle keep-alive connection.
+        http1_settings=HTTP1Settings(header_read_timeout=round(settings.http_keepalive_s * 1000),
                                      max_buffer_size=MAX_BUFFER_BYTES),
         websockets=False,
         log_enabled=True,

@@ -1,5 +1,6 @@
--- wrk script for the many-connections test: every connection stays open (keep-alive) and sends one
--- list request every <delay_ms> milliseconds. Arguments: <data folder> <delay_ms>
+-- wrk script for the many-connections test: every connection stays open (keep-alive) and sends a
+-- list request on average every <delay_ms> milliseconds, at a random moment (uniform in 0..2x), so the
+-- connections do not fire together. Arguments: <data folder> <delay_ms>
 local delay_ms = 1000
 
 function init(args)
@@ -14,5 +15,5 @@ function request()
 end
 
 function delay()
-    return delay_ms
+    return math.random(0, 2 * delay_ms)
 end

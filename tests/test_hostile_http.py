@@ -1,7 +1,8 @@
 """Issue #6.3: hostile HTTP gets a 4xx JSON error or a closed connection, never a 5xx or a stalled worker.
 
 Raw sockets, because httpx will not send a lying Content-Length, a body a byte a second or invalid
-UTF-8 in a header. The server under test reads with HTTP_READ_TIMEOUT_S=2 to keep the slow cases short.
+UTF-8 in a header. The server under test reads with HTTP_READ_TIMEOUT_S=HTTP_KEEPALIVE_S=2 to keep the slow
+cases short.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ SLACK_S = 2.0
 
 @pytest.fixture(scope="module")
 def hostile_server(database, tmp_path_factory) -> Iterator[Server]:
-    srv = Server(env=server_env(database, HTTP_READ_TIMEOUT_S=str(READ_TIMEOUT_S)),
+    timeouts = {"HTTP_READ_TIMEOUT_S": str(READ_TIMEOUT_S), "HTTP_KEEPALIVE_S": str(READ_TIMEOUT_S)}
+    srv = Server(env=server_env(database, **timeouts),
                  log_path=tmp_path_factory.mktemp("hostile") / "serve.log").start()
     yield srv
     srv.stop()
