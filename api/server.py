@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import psycopg
-from granian.constants import Interfaces
+from granian.constants import Interfaces, Loops
 from granian.http import HTTP1Settings
 from granian.server import Server
 
@@ -86,4 +86,6 @@ def run(settings: Settings) -> None:
         log_enabled=True,
         log_level=settings.log_level.lower(),
         workers_kill_timeout=max(1, round(settings.shutdown_grace_s)),
+        # uvloop: measured 24 % less server CPU per list request than asyncio's loop (README, Performance).
+        loop=Loops.uvloop,
     ).serve()
