@@ -128,8 +128,8 @@ def _openapi_schema(json_schema: dict[str, Any]) -> Schema:
 
 # --- list -------------------------------------------------------------------------------------------
 
-# The caller's page of tasks and the count of every matching task, as one JSON document.
-# `%(completed)s IS NULL` folds away when no filter is given (parameters are bound as literals).
+# The caller's page of tasks and the count of every matching task, as one JSON document. With or
+# without the `completed` filter, the rows come from tasks_user_created_idx via the policy's user_id.
 LIST_TASKS = Statement("""
 SELECT json_build_object(
     'tasks', coalesce(
