@@ -231,9 +231,10 @@ class Database:
     async def _run(self, conn: AsyncConnection, context: Params, statement: Statement, params: Params) -> pq.PGresult:
         """Send SET_REQUEST_CONTEXT and `statement` with one Sync; return the statement's result.
 
-        Raises the `ApiError` for the first error PostgreSQL reported (the transaction is rolled
-        back). A connection left in an unknown state (cancelled, timed out, broken) is closed, so
-        the pool replaces it instead of lending it out again.
+        Raises the `psycopg.Error` of the first error PostgreSQL reported (the transaction is rolled
+        back; `_PooledConnection` turns it into the client's `ApiError`). A connection left in an
+        unknown state (cancelled, timed out, broken) is closed, so the pool replaces it instead of
+        lending it out again.
         """
         pgconn = conn.pgconn
         prepared = self._prepared.setdefault(conn, set()) if self._prepare else None
@@ -257,8 +258,6 @@ class Database:
             clean = True
         except TimeoutError:
             raise ServiceUnavailable("the database did not answer in time, retry shortly") from None
-        except psycopg.Error as exc:
-            raise from_database(exc) from exc
         finally:
             if clean:
                 pgconn.exit_pipeline_mode()
@@ -271,8 +270,7 @@ class Database:
             elif error is None and result.status not in _SUCCESS:
                 error = result
         if error is not None:
-            exc = error_from_result(error, encoding=conn.info.encoding)
-            raise from_database(exc) from exc
+            raise error_from_result(error, encoding=conn.info.encoding)
         return results[-1]
 
     async def _keep_full(self) -> None:
@@ -392,7 +390,7 @@ class _PooledConnection:
             await self._pool.putconn(self._conn)
         except psycopg.Error as pool_exc:  # returning the connection failed: the pool discards it
             log.debug("returning a connection failed: %s", type(pool_exc).__name__)
-        if isinstance(exc, psycopg.Error):  # raised by psycopg itself (e.g. the start-up role check)
+        if isinstance(exc, psycopg.Error):  # the one place a driver error becomes the client's ApiError
             raise from_database(exc) from exc
 
 
