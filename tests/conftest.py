@@ -160,6 +160,21 @@ def scratch_database(cluster: Cluster) -> Iterator[Database]:
     cluster.drop_database(db.name)
 
 
+@contextlib.contextmanager
+def cluster_change(admin_dsn: str, change: str, revert: str) -> Iterator[None]:
+    """Run `change` (e.g. on a cluster-wide role) for the block, and `revert` afterwards, whatever happens.
+
+    Roles are shared by every database of the server, so a test that weakens one must put it back.
+    """
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(change)
+    try:
+        yield
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(revert)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -26,7 +26,7 @@ import pytest
 from api.errors import ServiceUnavailable, from_database
 from api.migrate import migrate
 from api.posture import FINDINGS_UNAVAILABLE, PostureGuard
-from conftest import ROOT, Database, Server, make_user, server_env
+from conftest import ROOT, Database, Server, cluster_change, make_user, server_env
 
 LIST_FINDINGS = 'SELECT "check", severity, object FROM taskapi_audit.findings()'
 POSTURE_CHECK_S = 0.5
@@ -171,14 +171,12 @@ def test_a_careless_role_change_is_found(case: Break, database: Database):
 
 
 def test_migrate_repairs_a_role_given_bypassrls(scratch_database: Database):
-    try:
-        run_sql(scratch_database.admin_dsn, "ALTER ROLE taskapi_app BYPASSRLS")
+    with cluster_change(scratch_database.admin_dsn, "ALTER ROLE taskapi_app BYPASSRLS",
+                        "ALTER ROLE taskapi_app NOBYPASSRLS"):
         assert ("runtime_role_bypassrls", "error", "taskapi_app") in findings(scratch_database.auditor_dsn)
         report = migrate(scratch_database.admin_dsn)
         assert report.roles_fixed == ["taskapi_app: NOBYPASSRLS"]
         assert findings(scratch_database.auditor_dsn) == set()
-    finally:
-        run_sql(scratch_database.admin_dsn, "ALTER ROLE taskapi_app NOBYPASSRLS")
 
 
 def test_a_policy_edited_by_hand_is_only_caught_as_drift(scratch_database: Database):

@@ -9,7 +9,7 @@ import sys
 import psycopg
 
 from api.migrate import migrate
-from conftest import APP_PASSWORD, AUDITOR_PASSWORD, ROOT
+from conftest import APP_PASSWORD, AUDITOR_PASSWORD, ROOT, cluster_change
 
 EXPECTED_POLICIES = {
     ("tasks_select", "SELECT", "{taskapi_app,taskapi_auditor}"),
@@ -85,14 +85,10 @@ def test_migrate_takes_back_ownership_and_membership(scratch_database):
 
 
 def test_migrate_removes_bypassrls_from_the_runtime_role(scratch_database):
-    with psycopg.connect(scratch_database.admin_dsn, autocommit=True) as conn:
-        conn.execute("ALTER ROLE taskapi_app BYPASSRLS")
-    try:
+    with cluster_change(scratch_database.admin_dsn, "ALTER ROLE taskapi_app BYPASSRLS",
+                        "ALTER ROLE taskapi_app NOBYPASSRLS"):
         report = migrate(scratch_database.admin_dsn)
         assert "taskapi_app: NOBYPASSRLS" in report.roles_fixed
-    finally:
-        with psycopg.connect(scratch_database.admin_dsn, autocommit=True) as conn:
-            conn.execute("ALTER ROLE taskapi_app NOBYPASSRLS")
 
 
 def test_cli_migrate_needs_the_admin_dsn_and_is_idempotent(scratch_database):

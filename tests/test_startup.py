@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import JWT_SECRET, ROOT, free_port, server_env
+from conftest import JWT_SECRET, ROOT, cluster_change, free_port, server_env
 
 
 def serve(env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -56,23 +56,14 @@ def test_superuser_role_is_refused(cluster, database):
 
 
 def test_bypassrls_role_is_refused(cluster, database):
-    with psycopg.connect(database.admin_dsn, autocommit=True) as conn:
-        conn.execute("ALTER ROLE taskapi_app BYPASSRLS")
-    try:
+    with cluster_change(database.admin_dsn, "ALTER ROLE taskapi_app BYPASSRLS", "ALTER ROLE taskapi_app NOBYPASSRLS"):
         assert_refused(serve(server_env(database)), "BYPASSRLS")
-    finally:
-        with psycopg.connect(database.admin_dsn, autocommit=True) as conn:
-            conn.execute("ALTER ROLE taskapi_app NOBYPASSRLS")
 
 
 def test_member_of_owner_role_is_refused(database):
-    with psycopg.connect(database.admin_dsn, autocommit=True) as conn:
-        conn.execute("GRANT taskapi_owner TO taskapi_app")
-    try:
+    with cluster_change(database.admin_dsn, "GRANT taskapi_owner TO taskapi_app",
+                        "REVOKE taskapi_owner FROM taskapi_app"):
         assert_refused(serve(server_env(database)), "taskapi_owner")
-    finally:
-        with psycopg.connect(database.admin_dsn, autocommit=True) as conn:
-            conn.execute("REVOKE taskapi_owner FROM taskapi_app")
 
 
 def test_owner_of_the_table_is_refused(scratch_database):
