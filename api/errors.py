@@ -46,6 +46,9 @@ class ApiError(Exception):
 
     status = 500
     code = "internal_error"
+    # The SQLSTATE of the database error this was translated from (`from_database`), else None: code
+    # that must tell one database failure from another reads it here, never from `__cause__`.
+    sqlstate: str | None = None
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None,
                  details: list[ErrorDetail] | None = None) -> None:
@@ -159,6 +162,12 @@ def from_database(exc: psycopg.Error | psycopg_pool.PoolTimeout) -> ApiError:
     if isinstance(exc, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests):
         return ServiceUnavailable("the database is busy, retry shortly")
     sqlstate = getattr(exc, "sqlstate", None)
+    error = _translate(exc, sqlstate)
+    error.sqlstate = sqlstate
+    return error
+
+
+def _translate(exc: psycopg.Error, sqlstate: str | None) -> ApiError:
     mapped = _SQLSTATES.get(sqlstate or "")
     if mapped is None:
         if isinstance(exc, psycopg.OperationalError):

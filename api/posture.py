@@ -50,8 +50,8 @@ class PostureGuard:
         try:
             rows = await db.findings()
         except ApiError as exc:
-            cause = exc.__cause__ or exc
-            if getattr(cause, "sqlstate", None) not in _BLINDING_SQLSTATES:
+            cause = exc.__cause__ or exc  # the driver's message, for the log line only
+            if exc.sqlstate not in _BLINDING_SQLSTATES:
                 # The database is away or overloaded: closing would turn every outage into a posture
                 # alarm, and opening would serve from a database nobody has checked.
                 log.warning("posture check could not run (%s); keeping the last verdict", _first_line(cause))
