@@ -43,10 +43,13 @@ log = logging.getLogger("taskapi.db")
 # API keeps answering 503 once the database is back (issue #6: serving again within 2 s).
 REFILL_INTERVAL_S = 0.5
 
-# Installs the verified identity and the statement timeout for this transaction only.
+# Installs the verified identity and the statement timeout for this transaction only. The connection
+# check makes the server notice within a second that a connection was closed under a running statement
+# (a cancelled request closes it: api/pipeline.py) instead of running it to statement_timeout.
 SET_REQUEST_CONTEXT = Statement(
     "SELECT set_config('request.jwt.claims', %(claims)s, true),"
-    " set_config('statement_timeout', %(statement_timeout)s, true)")
+    " set_config('statement_timeout', %(statement_timeout)s, true),"
+    " set_config('client_connection_check_interval', '1000', true)")
 
 # Is this role fit to serve? (CONTRACT.md section 6: the API refuses a role that could bypass RLS.)
 CHECK_RUNTIME_ROLE: LiteralString = """
