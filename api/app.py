@@ -14,7 +14,7 @@ from litestar import Litestar, Request, Response, Router, get
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 
-from . import __version__, tasks
+from . import __version__, routes
 from .asgi import ASGIApp
 from .auth import Caller, Verifier, bind_caller
 from .config import Settings
@@ -56,9 +56,9 @@ def create_app(settings: Settings) -> RequestLog:
             await db.close()
 
     gate = request_gate(posture, verifier)
-    api = Router(path="/api", route_handlers=tasks.HANDLERS, before_request=gate,
+    api = Router(path="/api", route_handlers=routes.HANDLERS, before_request=gate,
                  security=[{"BearerToken": []}], tags=["tasks"])
-    compat = Router(path="/api/{user_id:str}", route_handlers=tasks.compat_handlers(),
+    compat = Router(path="/api/{user_id:str}", route_handlers=routes.compat_handlers(),
                     before_request=gate, security=[{"BearerToken": []}], tags=["tasks (by user id)"])
     cors = None
     if settings.cors_origins:

@@ -176,7 +176,18 @@ def from_database(exc: DatabaseFailure) -> ApiError:
     return error
 
 
+# A CHECK constraint whose violation the API cannot see coming from the request alone (it depends on
+# the stored row): the field and the rule, for the client. Any other check_violation keeps the generic
+# message of _SQLSTATES.
+_CONSTRAINTS = {
+    "tasks_recurrence_needs_due_at": ("recurrence", "a recurring task needs a due_at"),
+    "tasks_tags_valid": ("tags", "at most 20 tags of 1 to 50 characters, distinct ignoring case"),
+}
+
+
 def _translate(exc: psycopg.Error, sqlstate: str | None) -> ApiError:
+    if sqlstate == "23514" and (field := _CONSTRAINTS.get(exc.diag.constraint_name or "")):
+        return validation_error(*field)
     mapped = _SQLSTATES.get(sqlstate or "")
     if mapped is None:
         if isinstance(exc, psycopg.OperationalError):

@@ -39,13 +39,15 @@ class Statement:
     """A SQL statement with named ``%(name)s`` parameters, kept as written and ready to send.
 
     The text sent to PostgreSQL has them as ``$1, $2...``; `name` identifies its server-side prepared
-    form, the same on every connection.
+    form, the same on every connection. With `prepare` False it is always sent unnamed: for statements
+    too many or too rare to keep prepared on every connection, or that want a plan for their values.
     """
 
-    __slots__ = ("_formats", "name", "param_names", "sql", "text")
+    __slots__ = ("_formats", "name", "param_names", "prepare", "sql", "text")
 
-    def __init__(self, sql: LiteralString) -> None:
+    def __init__(self, sql: LiteralString, *, prepare: bool = True) -> None:
         self.sql = sql
+        self.prepare = prepare
         names: list[str] = []
 
         def number(match: re.Match[str]) -> str:
@@ -81,7 +83,7 @@ async def run(conn: AsyncConnection[object], commands: Sequence[tuple[Statement,
     try:
         for statement, params in commands:
             values = statement.values(params)
-            if prepared is None:
+            if prepared is None or not statement.prepare:
                 pgconn.send_query_params(statement.text, values)
             else:
                 if statement.name not in prepared:

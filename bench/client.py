@@ -27,9 +27,10 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from api import embedded
 from api.config import Settings
 from api.db import SET_REQUEST_CONTEXT, Database
+from api.listing import LIST_TASKS
 from api.migrate import migrate
 from api.pipeline import Params, Statement
-from api.tasks import GET_TASK, LIST_TASKS
+from api.tasks import GET_TASK
 
 USER = "bench-client-user"
 PASSWORD = "bench-client-" + uuid.uuid4().hex[:12]

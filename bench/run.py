@@ -37,8 +37,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from api import embedded
 from api.auth import mint_token
 from api.db import SET_REQUEST_CONTEXT, Statement
+from api.listing import LIST_TASKS
 from api.migrate import migrate
-from api.tasks import LIST_TASKS
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
