@@ -24,7 +24,7 @@ from .errors import EXCEPTION_HANDLERS, ErrorBody, Forbidden, ServiceUnavailable
 from .jwks import JwksKeys
 from .limits import MAX_BODY_BYTES, RequestLimits
 from .logs import RequestLog
-from .openapi import not_ready_response, openapi_config
+from .openapi import document_headers, not_ready_response, openapi_config
 from .pipeline import Statement
 from .posture import PostureGuard
 
@@ -80,6 +80,8 @@ def create_app(settings: Settings) -> RequestLog:
         logging_config=None,
         debug=False,
     )
+    # Built now, once, so that the headers Litestar's response specs cannot describe are added to it.
+    document_headers(app.openapi_schema)
     # RequestLog outermost, so even a request refused by RequestLimits has its id and its log line.
     # Litestar's __call__ is typed with its own TypedDict scopes; at the ASGI boundary both are plain dicts.
     inner = cast(ASGIApp, app)

@@ -82,6 +82,30 @@ class NotFound(ApiError):
     status, code = 404, "not_found"
 
 
+class IdempotencyKeyInFlight(ApiError):
+    """409: a request with the same Idempotency-Key is still being processed; retry after it."""
+
+    status, code = 409, "idempotency_key_in_flight"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": RETRY_AFTER_S})
+
+
+class PreconditionFailed(ApiError):
+    """412: If-Match named no current version; `etag` is the current one, for the client to re-read."""
+
+    status, code = 412, "precondition_failed"
+
+    def __init__(self, message: str, *, etag: str) -> None:
+        super().__init__(message, headers={"ETag": etag})
+
+
+class IdempotencyKeyReused(ApiError):
+    """422: the Idempotency-Key was used before with a different request."""
+
+    status, code = 422, "idempotency_key_reused"
+
+
 class RequestTimeout(ApiError):
     """408: the body did not arrive within HTTP_READ_TIMEOUT_S (api/limits.py)."""
 
