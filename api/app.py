@@ -21,6 +21,7 @@ from .config import Settings
 from .db import STATE_KEY as DB_STATE_KEY
 from .db import Database, current_database
 from .errors import EXCEPTION_HANDLERS, ErrorBody, Forbidden, ServiceUnavailable, UnsupportedMediaType, respond
+from .head import HeadAsGet
 from .jwks import JwksKeys
 from .limits import MAX_BODY_BYTES, RequestLimits
 from .logs import RequestLog
@@ -62,11 +63,15 @@ def create_app(settings: Settings) -> RequestLog:
                     before_request=gate, security=[{"BearerToken": []}], tags=["tasks (by user id)"])
     cors = None
     if settings.cors_origins:
+        # Exactly the headers this API reads and sends (CONTRACT.md section 5): a browser script may send
+        # the conditional and retry headers, and read the validators, the new task's address, the
+        # request id, when to retry, and the next page.
         cors = CORSConfig(
             allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "If-Match", "X-Request-ID"],
-            expose_headers=["Location", "ETag", "X-Request-ID"],
+            allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Match", "Idempotency-Key",
+                           "X-Request-ID"],
+            expose_headers=["ETag", "Location", "X-Request-ID", "Retry-After", "Link"],
             max_age=600,
         )
     app = Litestar(
@@ -82,10 +87,11 @@ def create_app(settings: Settings) -> RequestLog:
     )
     # Built now, once, so that the headers Litestar's response specs cannot describe are added to it.
     document_headers(app.openapi_schema)
-    # RequestLog outermost, so even a request refused by RequestLimits has its id and its log line.
+    # RequestLog outermost, so even a request refused by RequestLimits has its id and its log line;
+    # HeadAsGet innermost, so that everything else sees the method the client sent.
     # Litestar's __call__ is typed with its own TypedDict scopes; at the ASGI boundary both are plain dicts.
     inner = cast(ASGIApp, app)
-    return RequestLog(RequestLimits(inner, body_timeout_s=settings.http_read_timeout_s))
+    return RequestLog(RequestLimits(HeadAsGet(inner), body_timeout_s=settings.http_read_timeout_s))
 
 
 def request_gate(posture: PostureGuard, verifier: Verifier) -> Callable[[Request[Any, Any, Any]], Awaitable[None]]:
