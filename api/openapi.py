@@ -11,7 +11,7 @@ from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, OpenAPI, OpenAPIHeader, OpenAPIResponse, Schema, SecurityScheme
 from litestar.openapi.spec.enums import OpenAPIType
-from litestar.params import Parameter
+from litestar.params import HeaderParameter
 
 from .errors import ErrorBody, NotReadyBody
 
@@ -64,21 +64,21 @@ def error_responses(*, body: bool = False, not_modified: bool = False, if_match:
 
 def if_match_parameter() -> Any:
     """The If-Match request header of a write, for the OpenAPI document (api/preconditions.py reads it)."""
-    return Parameter(header="If-Match", required=False, schema_extra=_ENTITY_TAGS_SCHEMA,
+    return HeaderParameter(name="If-Match", required=False, schema_extra=_ENTITY_TAGS_SCHEMA,
                      description=("Change the task only if its current `ETag` is one of these (strong comparison: "
                                   "a weak tag never matches), else 412 and nothing changes; `*`: only if it exists"))
 
 
 def if_none_match_parameter() -> Any:
     """The If-None-Match request header of a GET, for the OpenAPI document (api/preconditions.py reads it)."""
-    return Parameter(header="If-None-Match", required=False, schema_extra=_ENTITY_TAGS_SCHEMA,
+    return HeaderParameter(name="If-None-Match", required=False, schema_extra=_ENTITY_TAGS_SCHEMA,
                      description=("304 without a body when the current `ETag` is one of these (weak comparison); "
                                   "`*` matches any"))
 
 
 def idempotency_key_parameter() -> Any:
     """The Idempotency-Key request header of a create, for the OpenAPI document (api/idempotency.py reads it)."""
-    return Parameter(header="Idempotency-Key", required=False,
+    return HeaderParameter(name="Idempotency-Key", required=False,
                      schema_extra={"oneOf": None, "type": "string", "pattern": "^[!-~]{1,255}$",
                                    "minLength": 1, "maxLength": 255},
                      description=("1 to 255 visible ASCII characters, unique per create (a UUID will do). A retry "

@@ -273,3 +273,33 @@ def test_cors_exposes_exactly_the_headers_that_exist(http, alice):
         exposed = {h.strip().lower() for h in response.headers["access-control-expose-headers"].split(",")}
         assert exposed == EXPOSED
         assert response.headers["etag"]
+
+
+# --- OpenAPI -----------------------------------------------------------------------------------------
+
+def test_openapi_declares_the_conditional_headers_and_responses(http):
+    paths = http.get("/schema/openapi.json").json()["paths"]
+    error_ref = {"$ref": "#/components/schemas/ErrorBody"}
+
+    def headers_in(operation):
+        return {p["name"] for p in operation.get("parameters", []) if p["in"] == "header"}
+
+    for prefix, flip in (("/api", "toggle"), ("/api/{user_id}", "complete")):
+        one, toggle = f"{prefix}/tasks/{{task_id}}", f"{prefix}/tasks/{{task_id}}/{flip}"
+        writes = [paths[one]["put"], paths[one]["patch"], paths[one]["delete"], paths[toggle]["patch"]]
+        for operation in writes:
+            assert "If-Match" in headers_in(operation)
+            assert operation["responses"]["412"]["content"]["application/json"]["schema"] == error_ref
+            assert operation["responses"]["412"]["headers"]["ETag"]["required"] is True
+        for operation in (paths[one]["get"], paths[f"{prefix}/tasks"]["get"]):
+            assert "If-None-Match" in headers_in(operation)
+            assert "content" not in operation["responses"]["304"]
+            assert "ETag" in operation["responses"]["304"]["headers"]
+            assert "ETag" in operation["responses"]["200"]["headers"]
+        assert "Link" in paths[f"{prefix}/tasks"]["get"]["responses"]["200"]["headers"]
+        create = paths[f"{prefix}/tasks"]["post"]
+        assert "Idempotency-Key" in headers_in(create)
+        assert {"Location", "ETag"} <= set(create["responses"]["201"]["headers"])
+        for status in ("409", "422"):
+            assert create["responses"][status]["content"]["application/json"]["schema"] == error_ref
+        assert "Retry-After" in create["responses"]["409"]["headers"]

@@ -31,6 +31,15 @@ def test_every_field_round_trips_and_due_at_comes_back_in_utc(http, alice):
     assert changed["title"] == "all"
 
 
+def test_any_rfc3339_offset_is_accepted(http, alice):
+    """RFC 3339 allows offsets up to 23:59; PostgreSQL's input only to 15:59 (schemathesis found the 500)."""
+    task = create(http, alice, title="far east", due_at="2026-12-24T18:30:00+17:14")
+    assert task["due_at"] == "2026-12-24T01:16:00.000000Z"
+    changed = http.patch(f"/api/tasks/{task['id']}", json={"due_at": "2026-12-24T01:00:00-23:59"},
+                         headers=alice.headers)
+    assert changed.status_code == 200 and changed.json()["due_at"] == "2026-12-25T00:59:00.000000Z"
+
+
 def test_tags_repeated_ignoring_case_are_kept_once_as_first_written(http, alice):
     assert create(http, alice, title="t", tags=["Milk", "milk", " MILK ", "eggs"])["tags"] == ["Milk", "eggs"]
 
