@@ -28,6 +28,11 @@ CREATE TABLE taskapi.idempotency_keys (
         CHECK (expires_at > created_at AND expires_at <= created_at + interval '24 hours')
 );
 
+-- Each create with a key deletes its user's expired keys: this finds them without reading the user's
+-- others (measured: without it, a user with 18,000 keys in their 24 hours cost every such create a
+-- 6 ms scan).
+CREATE INDEX idempotency_keys_user_expiry_idx ON taskapi.idempotency_keys (user_id, expires_at);
+
 COMMENT ON TABLE taskapi.idempotency_keys IS
     'the 201 of each POST /api/tasks sent with an Idempotency-Key, per user, for 24 hours; '
     'row-level security: see sql/policies/idempotency_keys.sql';
