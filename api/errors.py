@@ -15,6 +15,7 @@ import msgspec
 import psycopg
 import psycopg_pool
 from litestar import Request, Response
+from litestar.enums import MediaType
 from litestar.exceptions import HTTPException, ValidationException
 
 log = logging.getLogger("taskapi.errors")
@@ -236,10 +237,14 @@ _HTTP_MESSAGES = {
 
 def respond(status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
             details: list[ErrorDetail] | None = None, checks: list[str] | None = None) -> Response[ErrorBody]:
-    """The one way an error response is built (`checks` only on /ready, see `NotReadyBody`)."""
+    """The one way an error response is built (`checks` only on /ready, see `NotReadyBody`).
+
+    The media type is explicit: a handler's own (the HTML of Litestar's /schema 404) must not apply.
+    """
     if checks is not None:
-        return Response(NotReadyBody(code, message, details, checks), status_code=status, headers=headers)
-    return Response(ErrorBody(code, message, details), status_code=status, headers=headers)
+        return Response(NotReadyBody(code, message, details, checks), status_code=status, headers=headers,
+                        media_type=MediaType.JSON)
+    return Response(ErrorBody(code, message, details), status_code=status, headers=headers, media_type=MediaType.JSON)
 
 
 def handle_api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response[ErrorBody]:

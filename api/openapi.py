@@ -6,14 +6,13 @@ from typing import Any
 
 from litestar import Response, Router
 from litestar.datastructures import ResponseHeader
-from litestar.enums import MediaType
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, OpenAPI, OpenAPIHeader, OpenAPIResponse, Schema, SecurityScheme
 from litestar.openapi.spec.enums import OpenAPIType
 from litestar.params import HeaderParameter
 
-from .errors import ErrorBody, NotReadyBody
+from .errors import ErrorBody, NotReadyBody, respond
 
 _DESCRIPTIONS = {
     304: "Not modified: `If-None-Match` names the current version; no body, the current `ETag`",
@@ -164,7 +163,4 @@ def openapi_config(version: str) -> OpenAPIConfig:
 
 
 async def _json_not_found(response: Response[Any]) -> Response[Any]:
-    if response.status_code == 404:
-        # media_type: the HTML handler's own would otherwise be used to render it.
-        return Response(ErrorBody("not_found", "no such resource"), status_code=404, media_type=MediaType.JSON)
-    return response
+    return respond(404, "not_found", "no such resource") if response.status_code == 404 else response
