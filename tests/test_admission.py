@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from test_metrics import scrape, server
+from test_metrics import scrape, serving
 
 from api.admission import (
     CEILING_PER_CONNECTION,
@@ -174,7 +174,7 @@ def test_beyond_the_bound_503_at_once_within_it_served_when_the_block_lifts(over
     metrics_port = free_port()
     env = {"DB_POOL_SIZE": "2", "DB_TIMEOUT_S": "20", "DB_STATEMENT_TIMEOUT_MS": "30000",
            "METRICS_PORT": str(metrics_port)}
-    with server(overload_db, tmp_path, **env) as srv, ThreadPoolExecutor(max_workers=12) as pool:
+    with serving(overload_db, tmp_path, **env) as srv, ThreadPoolExecutor(max_workers=12) as pool:
         with table_locked(overload_db):
             holders = [pool.submit(timed_get, srv.base_url, "/api/tasks", user.headers) for _ in range(2)]
             wait_until(lambda: lock_waiters(overload_db) == 2, timeout=15, what="both connections blocked")
@@ -200,7 +200,7 @@ def test_a_burst_is_answered_within_the_budget(overload_db, tmp_path):
     """300 requests at once on their own connections, pool of 2: each is served or refused with a Retry-After."""
     users = [make_user("burst") for _ in range(300)]
     env = {"DB_POOL_SIZE": "2", "DB_TIMEOUT_S": "2"}
-    with server(overload_db, tmp_path, **env) as srv:
+    with serving(overload_db, tmp_path, **env) as srv:
         with httpx.Client(base_url=srv.base_url, headers=users[0].headers) as warm:
             for _ in range(20):  # a measured service time
                 assert warm.get("/api/tasks").status_code == 200

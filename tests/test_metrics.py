@@ -17,7 +17,7 @@ Labels = tuple[tuple[str, str], ...]
 
 
 @contextmanager
-def server(db: Database, tmp_path, **env: str) -> Iterator[Server]:
+def serving(db: Database, tmp_path, **env: str) -> Iterator[Server]:
     srv = Server(env=server_env(db, **env), log_path=tmp_path / "serve.log").start()
     try:
         yield srv
@@ -77,7 +77,7 @@ def test_metrics_cover_both_workers_and_never_name_a_user_or_a_path(database, tm
     # An unreachable JWKS: each worker tries it once at start, and counts the failure.
     env = {"WORKERS": "2", "METRICS_PORT": str(metrics_port), "JWT_JWKS_URL": f"http://127.0.0.1:{free_port()}/jwks",
            "POSTURE_CHECK_S": "86400"}
-    with server(database, tmp_path, **env) as srv:
+    with serving(database, tmp_path, **env) as srv:
         # Concurrent new connections until both workers have answered (a worker's request ids share a
         # prefix): one client at a time would mostly meet the same worker.
         prefixes: set[str] = set()
