@@ -30,11 +30,15 @@ from .errors import ErrorBody
 # How fast the service-time average follows new samples: about 20 requests to adapt, i.e. tens of
 # milliseconds under a burst; slow enough that one odd request does not swing the bound.
 SERVICE_TIME_WEIGHT = 0.1
-# The bound on waiters never goes below this many per connection (the rate is unknown before the
-# first request, or collapses while the database is blocked), nor above CEILING_PER_CONNECTION per
-# connection: a waiting request holds its head and body (up to 192 KiB) in the worker's memory.
+# The bound on waiters never goes below this many per connection (the measured rate collapses while
+# the database is blocked: waiting is then futile), nor above CEILING_PER_CONNECTION per connection:
+# a waiting request holds its head and body (up to 192 KiB) in the worker's memory.
 FLOOR_PER_CONNECTION = 1
 CEILING_PER_CONNECTION = 512
+# Before the first measurement (a fresh worker) the fixed queue length of before issue #11: a worker
+# that has served nothing yet must not refuse its first concurrent clients.
+UNMEASURED_PER_CONNECTION = 32
+UNMEASURED_MIN = 64
 # Retry-After of a shed request: at least 1 s, spread over at least this many seconds, at most over
 # MAX_RETRY_SPREAD_S (a client told to wait longer would rather give up).
 MIN_RETRY_SPREAD_S = 2
@@ -62,6 +66,7 @@ class Admission:
         self.fixed_limit = fixed_limit
         self.floor = FLOOR_PER_CONNECTION * pool_size
         self.ceiling = CEILING_PER_CONNECTION * pool_size
+        self.unmeasured = min(self.ceiling, max(UNMEASURED_MIN, UNMEASURED_PER_CONNECTION * pool_size))
         self.service_s: float | None = None  # mean seconds a request holds a connection; None: not measured yet
         self.admitted = 0  # requests admitted and not finished
         self.shed_total = 0
@@ -86,7 +91,7 @@ class Admission:
             return self.fixed_limit
         rate = self.rate(now)
         if rate is None:
-            return self.floor
+            return self.unmeasured
         assert self.service_s is not None
         allowed = rate * max(0.0, self.budget_s - self.service_s)
         return max(self.floor, min(self.ceiling, math.floor(allowed)))

@@ -39,10 +39,19 @@ def measured(pool_size: int, service_s: float, *, budget_s: float = 2.0, samples
 
 # --- the estimator ----------------------------------------------------------------------------------------
 
-def test_before_any_measurement_the_bound_is_the_floor():
-    admission = Admission(4, 2.0)
-    assert admission.rate(T0) is None
-    assert admission.limit(T0) == admission.floor == 4
+def stuck(pool_size: int) -> tuple[Admission, float]:
+    """An Admission whose every connection has been held 10 s (a locked table), and the time now."""
+    admission = measured(pool_size, 0.005)
+    for _ in range(pool_size):
+        admission.holding(T0 + 100)
+    assert admission.limit(T0 + 110) == admission.floor == pool_size
+    return admission, T0 + 110
+
+
+def test_before_any_measurement_the_bound_is_the_fixed_queue_of_before():
+    assert Admission(4, 2.0).rate(T0) is None
+    assert Admission(4, 2.0).limit(T0) == 128  # 32 per connection
+    assert Admission(1, 2.0).limit(T0) == 64  # at least 64
 
 
 @pytest.mark.parametrize(("service_s", "expected"), [
@@ -92,15 +101,15 @@ def test_the_bound_never_exceeds_the_ceiling():
 
 
 def test_requests_beyond_the_bound_are_shed_and_counted():
-    admission = Admission(2, 2.0)  # floor 2: two may wait
-    admitted = [admission.enter(T0) for _ in range(5)]
+    admission, now = stuck(2)  # the floor: two may wait
+    for _ in range(2):
+        admission.enter(now)  # the two requests holding the stuck connections
+    admitted = [admission.enter(now) for _ in range(5)]
     assert admitted == [True, True, False, False, False]
     assert admission.shed_total == 3 and admission.waiting == 2
-    taken = admission.holding(T0)  # one of them gets a connection: a place in the queue frees up
-    assert admission.waiting == 1 and admission.enter(T0)
-    admission.released(taken, T0 + 0.01)
-    admission.leave()
-    assert admission.waiting == 2
+    admission.leave()  # one of the waiting gives up: a place in the queue frees up
+    assert admission.waiting == 1 and admission.enter(now)
+    assert admission.waiting == 2 and not admission.enter(now)
 
 
 def test_a_fixed_db_max_waiting_leaves_the_queue_to_the_pool():
@@ -140,8 +149,9 @@ def test_the_gate_sheds_before_the_app_sees_the_request_and_lets_the_rest_throug
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    admission = Admission(1, 2.0)  # floor 1: one may wait
-    admission.enter(T0)  # ... and one already does
+    admission, now = stuck(1)  # the floor: one may wait
+    admission.enter(now)  # the request holding the connection
+    admission.enter(now)  # ... and one waits
     gate = AdmissionGate(app, admission)
     sent: list[dict[str, object]] = []
 
@@ -162,22 +172,28 @@ def test_the_gate_sheds_before_the_app_sees_the_request_and_lets_the_rest_throug
     for method, path in (("GET", "/health"), ("GET", "/ready"), ("OPTIONS", "/api/tasks"), ("GET", "/apiary")):
         assert asyncio.run(call(method, path))["status"] == 200
     assert seen == ["/health", "/ready", "/api/tasks", "/apiary"]
-    assert admission.shed_total == 1 and admission.admitted == 1
+    assert admission.shed_total == 1 and admission.admitted == 2
 
 
 # --- over HTTP --------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
 def test_beyond_the_bound_503_at_once_within_it_served_when_the_block_lifts(overload_db, tmp_path):
-    """Pool of 2, both stuck on a locked table, nothing measured yet: the bound is the floor, 2 waiting."""
+    """Pool of 2, both stuck on a locked table long enough that the measured rate puts the bound at its floor."""
     user = make_user("admission")
     metrics_port = free_port()
-    env = {"DB_POOL_SIZE": "2", "DB_TIMEOUT_S": "20", "DB_STATEMENT_TIMEOUT_MS": "30000",
+    env = {"DB_POOL_SIZE": "2", "DB_TIMEOUT_S": "3", "DB_STATEMENT_TIMEOUT_MS": "30000",
            "METRICS_PORT": str(metrics_port)}
     with serving(overload_db, tmp_path, **env) as srv, ThreadPoolExecutor(max_workers=12) as pool:
+        with httpx.Client(base_url=srv.base_url, headers=user.headers) as warm:
+            for _ in range(20):  # a measured service time: the bound is the rate's, no longer the default
+                assert warm.get("/api/tasks").status_code == 200
         with table_locked(overload_db):
             holders = [pool.submit(timed_get, srv.base_url, "/api/tasks", user.headers) for _ in range(2)]
             wait_until(lambda: lock_waiters(overload_db) == 2, timeout=15, what="both connections blocked")
+            # Held for about DB_TIMEOUT_S, the two connections have shown a rate that serves no one in time.
+            wait_until(lambda: scrape(metrics_port)["taskapi_admission_limit"][()] == 2, timeout=30,
+                       what="the bound at its floor")
             extra = [pool.submit(timed_get, srv.base_url, "/api/tasks", user.headers) for _ in range(7)]
             # Five are refused while the table is still locked; two wait for a connection.
             shed = wait_until(lambda: [f for f in extra if f.done()] if sum(f.done() for f in extra) == 5 else None,
