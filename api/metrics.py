@@ -49,6 +49,10 @@ class Metrics:
         self.jwks_failures: Counter = Counter("taskapi_jwks_fetch_failures", "JWKS downloads that failed",
                                               registry=None)
 
+        # The labelled series of each (method, route, status) seen: `labels()` costs more than the
+        # increment. Bounded like the labels: routes are templates, methods METHODS or OTHER.
+        self._series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
         def gauge(name: str, text: str, mode: str) -> Gauge:
             return Gauge(name, text, multiprocess_mode=mode, registry=None)  # type: ignore[arg-type]
 
@@ -66,9 +70,15 @@ class Metrics:
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """One answered request (called by api/logs.py's RequestLog)."""
-        method = method if method in METHODS else "OTHER"
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        if method not in METHODS:
+            method = "OTHER"  # any token is a valid method on the wire: never one series per token
+        key = (method, route, status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = (self.requests.labels(method, route, str(status)),
+                                          self.latency.labels(method, route))
+        series[0].inc()
+        series[1].observe(seconds)
 
     def count_shed(self) -> None:
         self.shed.inc()
