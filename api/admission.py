@@ -10,12 +10,18 @@ and a connection held longer than `S` (a slow or blocked statement) counts for o
 So the bound grows with a fast database and shrinks to the floor with a stuck one, instead of a
 fixed queue length that is too short on a good day and too long on a bad one (issue #11).
 
+The budget is counted from the request's arrival, which the application does not see: granian hands
+it over when the event loop gets to it. How late the loop runs is measured (a timer that should fire
+every LAG_PROBE_S) and subtracted, so when the worker is behind (a burst, or other processes taking
+the CPU) fewer wait, and each waits only until its budget is spent.
+
 The shed 503's Retry-After is drawn at random over the seconds the pool needs to serve what was
 shed in the last second, so a burst's retries come back spread out, not as a second burst.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import math
 import random
@@ -39,6 +45,10 @@ CEILING_PER_CONNECTION = 512
 # that has served nothing yet must not refuse its first concurrent clients.
 UNMEASURED_PER_CONNECTION = 32
 UNMEASURED_MIN = 64
+# The event loop's lag is sampled this often, and averaged with this weight (a few samples: a burst's
+# backlog shows within a few hundred milliseconds, one slow callback does not).
+LAG_PROBE_S = 0.05
+LAG_WEIGHT = 0.3
 # Retry-After of a shed request: at least 1 s, spread over at least this many seconds, at most over
 # MAX_RETRY_SPREAD_S (a client told to wait longer would rather give up).
 MIN_RETRY_SPREAD_S = 2
@@ -68,6 +78,7 @@ class Admission:
         self.ceiling = CEILING_PER_CONNECTION * pool_size
         self.unmeasured = min(self.ceiling, max(UNMEASURED_MIN, UNMEASURED_PER_CONNECTION * pool_size))
         self.service_s: float | None = None  # mean seconds a request holds a connection; None: not measured yet
+        self.lag_s = 0.0  # how late the event loop runs what is ready: time a request waited before it is seen
         self.admitted = 0  # requests admitted and not finished
         self.shed_total = 0
         self._holds: list[float] = []  # when each connection now held was taken
@@ -93,7 +104,7 @@ class Admission:
         if rate is None:
             return self.unmeasured
         assert self.service_s is not None
-        allowed = rate * max(0.0, self.budget_s - self.service_s)
+        allowed = rate * max(0.0, self.budget_s - self.lag_s - self.service_s)
         return max(self.floor, min(self.ceiling, math.floor(allowed)))
 
     @property
@@ -123,6 +134,21 @@ class Admission:
         sample = now - taken
         self.service_s = sample if self.service_s is None else (
             self.service_s + SERVICE_TIME_WEIGHT * (sample - self.service_s))
+
+    def deadline(self, now: float) -> float:
+        """When a request admitted at `now` must have its connection: its budget, counted from its arrival."""
+        return now + self.budget_s - self.lag_s
+
+    def record_lag(self, sample_s: float) -> None:
+        """One measurement of how late the event loop ran a callback that was due."""
+        self.lag_s += LAG_WEIGHT * (sample_s - self.lag_s)
+
+    async def watch_loop(self) -> None:
+        """Measure the event loop's lag every LAG_PROBE_S until cancelled (a task of the worker's lifespan)."""
+        while True:
+            due = time.monotonic() + LAG_PROBE_S
+            await asyncio.sleep(LAG_PROBE_S)
+            self.record_lag(max(0.0, time.monotonic() - due))
 
     def retry_after(self, now: float) -> int:
         """Seconds a shed request is told to wait: uniform over the time the pool needs for what was shed."""
@@ -172,7 +198,7 @@ class AdmissionGate:
                 self.on_shed()
             await _shed(send, admission.retry_after(now))
             return
-        token = request_deadline.set(now + admission.budget_s)
+        token = request_deadline.set(admission.deadline(now))
         try:
             await self.app(scope, receive, send)
         finally:

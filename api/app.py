@@ -50,6 +50,7 @@ def create_app(settings: Settings) -> RequestLog:
         await db.open()  # raises RoleUnfit: a role that could bypass RLS never serves
         await posture.check(db)  # before the first request: a broken posture never serves at all
         guard = asyncio.create_task(posture.run(db), name="taskapi-posture-guard")
+        lag = asyncio.create_task(db.admission.watch_loop(), name="taskapi-loop-lag")
         sampler = None
         if metrics is not None:
             sampler = asyncio.create_task(_sample_metrics(metrics, db, posture), name="taskapi-metrics-sampler")
@@ -58,7 +59,7 @@ def create_app(settings: Settings) -> RequestLog:
                 await jwks.start()  # an unreachable JWKS is logged, not fatal: the frontend may start later
             yield
         finally:
-            for task in (guard, sampler):
+            for task in (guard, lag, sampler):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -106,7 +107,7 @@ async def _sample_metrics(metrics: Metrics, db: Database, posture: PostureGuard)
     while True:
         now = time.monotonic()
         metrics.sample(pool=db.pool.get_stats(), waiting=db.admission.waiting, limit=db.admission.limit(now),
-                       rate=db.admission.rate(now), posture_failing=len(posture.failing))
+                       rate=db.admission.rate(now), lag_s=db.admission.lag_s, posture_failing=len(posture.failing))
         await asyncio.sleep(SAMPLE_INTERVAL_S)
 
 

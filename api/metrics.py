@@ -64,6 +64,8 @@ class Metrics:
                                      "How many requests may wait for a connection now (api/admission.py)", "livesum")
         self.service_rate = gauge("taskapi_admission_service_rate",
                                   "Requests per second the pools serve, as measured (0 before the first)", "livesum")
+        self.loop_lag = gauge("taskapi_event_loop_lag_seconds",
+                              "How late a worker's event loop runs what is due (the slowest worker)", "livemax")
         self.posture_closed = gauge("taskapi_posture_closed",
                                     "1 while an isolation finding closes /api (api/posture.py), else 0", "livemax")
         self.posture_failing = gauge("taskapi_posture_failing_checks", "Failing isolation checks", "livemax")
@@ -88,7 +90,7 @@ class Metrics:
         if not ok:
             self.jwks_failures.inc()
 
-    def sample(self, *, pool: dict[str, int], waiting: int, limit: int, rate: float | None,
+    def sample(self, *, pool: dict[str, int], waiting: int, limit: int, rate: float | None, lag_s: float,
                posture_failing: int) -> None:
         """Copy this worker's state into its gauges."""
         size = pool.get("pool_size", 0)
@@ -97,6 +99,7 @@ class Metrics:
         self.pool_waiting.set(max(waiting, pool.get("requests_waiting", 0)))
         self.admission_limit.set(limit)
         self.service_rate.set(rate or 0.0)
+        self.loop_lag.set(lag_s)
         self.posture_closed.set(1 if posture_failing else 0)
         self.posture_failing.set(posture_failing)
 

@@ -95,6 +95,20 @@ def test_connections_stuck_longer_than_the_mean_count_for_what_they_have_shown()
     assert admission.limit(now) > 100 * admission.floor  # ... until the fast ones outweigh them
 
 
+def test_time_spent_before_the_app_sees_a_request_comes_off_its_budget():
+    admission = measured(4, 0.010)
+    on_time = admission.limit(T0 + 100)
+    for _ in range(20):
+        admission.record_lag(1.0)  # the event loop runs what is due a second late
+    assert admission.lag_s == pytest.approx(1.0, abs=0.01)
+    assert admission.limit(T0 + 100) == pytest.approx(4 / 0.010 * (2 - 1.0 - 0.010), abs=5)
+    assert admission.limit(T0 + 100) < on_time / 1.9
+    assert admission.deadline(T0 + 100) == pytest.approx(T0 + 100 + 2 - 1.0, abs=0.01)
+    for _ in range(20):
+        admission.record_lag(2.5)  # further behind than the whole budget: nobody may wait
+    assert admission.limit(T0 + 100) == admission.floor
+
+
 def test_the_bound_never_exceeds_the_ceiling():
     admission = measured(4, 0.0001)
     assert admission.limit(T0 + 100) == CEILING_PER_CONNECTION * 4
