@@ -14,6 +14,7 @@ import pytest
 from test_metrics import scrape, serving
 
 from api.admission import (
+    BUDGET_SHARE,
     CEILING_PER_CONNECTION,
     MAX_RETRY_SPREAD_S,
     MIN_RETRY_SPREAD_S,
@@ -55,9 +56,9 @@ def test_before_any_measurement_the_bound_is_the_fixed_queue_of_before():
 
 
 @pytest.mark.parametrize(("service_s", "expected"), [
-    (0.010, 4 / 0.010 * (2 - 0.010)),  # 400 requests/s for 1.99 s
-    (0.050, 4 / 0.050 * (2 - 0.050)),  # 80/s
-    (0.400, 4 / 0.400 * (2 - 0.400)),  # 10/s
+    (0.010, 4 / 0.010 * (2 - 0.010) * BUDGET_SHARE),  # 400 requests/s for (a share of) 1.99 s
+    (0.050, 4 / 0.050 * (2 - 0.050) * BUDGET_SHARE),  # 80/s
+    (0.400, 4 / 0.400 * (2 - 0.400) * BUDGET_SHARE),  # 10/s
 ])
 def test_the_bound_is_the_measured_rate_times_the_budget_left(service_s, expected):
     admission = measured(4, service_s)
@@ -74,15 +75,15 @@ def test_the_bound_follows_the_rate_as_it_changes():
         now += 0.100
         admission.released(taken, now)
     assert admission.limit(now) < fast / 5
-    assert admission.limit(now) == pytest.approx(4 / 0.100 * (2 - 0.100), rel=0.05)
+    assert admission.limit(now) == pytest.approx(4 / 0.100 * (2 - 0.100) * BUDGET_SHARE, rel=0.05)
 
 
 def test_connections_stuck_longer_than_the_mean_count_for_what_they_have_shown():
     admission = measured(2, 0.005)
-    assert admission.limit(T0 + 100) == int(2 / 0.005 * (2 - 0.005))
+    assert admission.limit(T0 + 100) == int(2 / 0.005 * (2 - 0.005) * BUDGET_SHARE)
     stuck = [admission.holding(T0 + 100), admission.holding(T0 + 100)]  # e.g. waiting on a lock
-    assert admission.rate(T0 + 101) == pytest.approx(2 / 1.0)  # each has served nothing for 1 s
-    assert admission.limit(T0 + 101) == int(2 / 1.0 * (2 - 0.005))
+    assert admission.rate(T0 + 100.25) == pytest.approx(2 / 0.25)  # each has served nothing for 0.25 s
+    assert admission.limit(T0 + 100.25) == int(2 / 0.25 * (2 - 0.005) * BUDGET_SHARE)
     assert admission.limit(T0 + 110) == admission.floor  # after 10 s: 0.2/s, under the floor
     for taken in stuck:
         admission.released(taken, T0 + 110)
@@ -101,7 +102,7 @@ def test_time_spent_before_the_app_sees_a_request_comes_off_its_budget():
     for _ in range(20):
         admission.record_lag(1.0)  # the event loop runs what is due a second late
     assert admission.lag_s == pytest.approx(1.0, abs=0.01)
-    assert admission.limit(T0 + 100) == pytest.approx(4 / 0.010 * (2 - 1.0 - 0.010), abs=5)
+    assert admission.limit(T0 + 100) == pytest.approx(4 / 0.010 * (2 - 1.0 - 0.010) * BUDGET_SHARE, abs=5)
     assert admission.limit(T0 + 100) < on_time / 1.9
     assert admission.deadline(T0 + 100) == pytest.approx(T0 + 100 + 2 - 1.0, abs=0.01)
     for _ in range(20):
