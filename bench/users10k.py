@@ -86,6 +86,7 @@ class Tally:
     errors: Counter[str] = field(default_factory=Counter)  # no valid answer: by kind
     non_2xx: Counter[int] = field(default_factory=Counter)  # valid answers that are not 2xx: by status
     shed_with_retry_after: int = 0
+    shed_latencies_ms: list[float] = field(default_factory=list)
     retry_after_values: Counter[str] = field(default_factory=Counter)
 
     def record(self, op: str, outcome: Outcome) -> None:
@@ -102,6 +103,7 @@ class Tally:
             self.non_2xx[outcome.status] += 1
             if outcome.status == 503 and outcome.retry_after is not None:
                 self.shed_with_retry_after += 1
+                self.shed_latencies_ms.append(outcome.seconds * 1000)
                 self.retry_after_values[outcome.retry_after] += 1
 
 
@@ -145,6 +147,9 @@ class BurstResult:
     p50_ms: float
     p99_ms: float
     max_ms: float
+    ok_p99_ms: float
+    shed_p50_ms: float
+    shed_p99_ms: float
     errors: dict[str, int]
     non_2xx: dict[str, int]
     write_ms: float  # how long the client took to write all the requests
@@ -449,7 +454,9 @@ async def run_burst(users: Sequence[User], host: str, port: int, *, server_pid: 
         requests=len(users), answered_within_budget=within, ok=tally.ok, ok_within_budget=ok_within,
         shed_with_retry_after=tally.shed_with_retry_after, retry_after_values=dict(tally.retry_after_values),
         p50_ms=_percentile(latencies, 50), p99_ms=_percentile(latencies, 99),
-        max_ms=round(latencies[-1], 1) if latencies else 0.0,
+        max_ms=round(latencies[-1], 1) if latencies else 0.0, ok_p99_ms=_percentile(sorted(tally.ok_latencies_ms), 99),
+        shed_p50_ms=_percentile(sorted(tally.shed_latencies_ms), 50),
+        shed_p99_ms=_percentile(sorted(tally.shed_latencies_ms), 99),
         errors=dict(tally.errors + connect_errors), non_2xx={str(k): v for k, v in sorted(tally.non_2xx.items())},
         write_ms=round(write_ms, 1), memory=memory)
 
@@ -635,7 +642,9 @@ def _markdown(report: dict[str, Any]) -> str:
                   f"| {b['ok']:,} ({b['ok_within_budget']:,}) "
                   f"| {b['shed_with_retry_after']:,} {b['retry_after_values']} | {b['p50_ms']} | {b['p99_ms']} "
                   f"| {b['max_ms']} | {b['errors'] or 0} "
-                  f"| { {k: v for k, v in b['non_2xx'].items() if k != '503'} or 0} |", ""]
+                  f"| { {k: v for k, v in b['non_2xx'].items() if k != '503'} or 0} |", "",
+                  f"burst: 2xx p99 {b['ok_p99_ms']} ms; 503 p50 {b['shed_p50_ms']} ms, p99 {b['shed_p99_ms']} ms; "
+                  f"the client wrote the {b['requests']:,} requests in {b['write_ms']} ms", ""]
         lines += _memory_lines("burst", b["memory"])
     lines += ["| target | measured | met |", "| --- | --- | :---: |"]
     lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |" for t in report["targets"]]
