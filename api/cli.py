@@ -97,10 +97,10 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     try:
         preflight(settings)
+        run(settings)
     except StartupError as exc:
         print(f"taskapi: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    run(settings)
     return 0
 
 

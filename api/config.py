@@ -33,10 +33,12 @@ class Settings:
     db_timeout_s: float = 2.0
     db_statement_timeout_ms: int = 5000
     db_pooler: str = "session"
-    db_max_waiting: int = 256
+    db_max_waiting: int | None = None  # None: sized from the measured rate (api/admission.py)
     http_read_timeout_s: float = 5.0
     http_keepalive_s: float = 60.0
     max_connections: int = 8192
+    metrics_port: int | None = None  # None: no metrics (api/metrics.py)
+    metrics_host: str = DEFAULT_HOST
     posture_check_s: float = 60.0
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
@@ -84,26 +86,17 @@ class Settings:
             db_statement_timeout_ms=int(
                 reader.number("DB_STATEMENT_TIMEOUT_MS", 5000, low=1, high=3_600_000, integer=True)),
             db_pooler=pooler,
-            db_max_waiting=int(reader.number("DB_MAX_WAITING", default_max_waiting(pool_size), low=1, high=100_000,
-                                             integer=True)),
+            db_max_waiting=reader.optional_int("DB_MAX_WAITING", low=1, high=100_000),
             http_read_timeout_s=reader.number("HTTP_READ_TIMEOUT_S", 5.0, low=0.5, high=300),
             # granian accepts at most 60 s for its header read timeout.
             http_keepalive_s=reader.number("HTTP_KEEPALIVE_S", 60.0, low=1, high=60),
             max_connections=int(reader.number("MAX_CONNECTIONS", 8192, low=16, high=1_000_000, integer=True)),
+            metrics_port=reader.optional_int("METRICS_PORT", low=1, high=65535),
+            metrics_host=reader.text("METRICS_HOST") or DEFAULT_HOST,
             posture_check_s=reader.number("POSTURE_CHECK_S", 60.0, low=0.1, high=86400),
             shutdown_grace_s=reader.number("SHUTDOWN_GRACE_S", 10.0, low=0, high=3600),
             log_level=level,
         )
-
-
-def default_max_waiting(pool_size: int) -> int:
-    """How many requests may queue for a connection by default: 32 per connection, at least 64.
-
-    At a few milliseconds per statement, a connection serves hundreds of requests within the default
-    DB_TIMEOUT_S, so a queue this long still drains in time; a longer one would only make more
-    clients wait DB_TIMEOUT_S for a 503 instead of getting it at once.
-    """
-    return max(64, 32 * pool_size)
 
 
 def jwt_secret_from_env(env: Mapping[str, str] | None = None) -> str | None:
@@ -118,6 +111,10 @@ class _Reader:
 
     def text(self, name: str) -> str:
         return self._env.get(name, "").strip()
+
+    def optional_int(self, name: str, *, low: int, high: int) -> int | None:
+        """The integer `name`, or None when it is unset."""
+        return int(self.number(name, 0, low=low, high=high, integer=True)) if self.text(name) else None
 
     def number(self, name: str, default: float, *, low: float, high: float | None = None,
                integer: bool = False) -> float:

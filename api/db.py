@@ -33,8 +33,9 @@ from psycopg.pq.abc import PGresult
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
 from . import pipeline
+from .admission import Admission, request_deadline
 from .config import Settings
-from .errors import from_database
+from .errors import ServiceUnavailable, from_database
 from .pipeline import Params, Prepared, Row, Statement
 
 log = logging.getLogger("taskapi.db")
@@ -121,14 +122,18 @@ class Database:
             kwargs=kwargs,
             open=False,
             timeout=settings.db_timeout_s,
-            # Bound the queue of requests waiting for a connection: past it they get 503 at once.
-            max_waiting=settings.db_max_waiting,
+            # The queue is bounded by `admission` (api/admission.py), or by DB_MAX_WAITING when set:
+            # past it a request gets 503 at once.
+            max_waiting=settings.db_max_waiting or 0,
             # psycopg_pool's backoff doubles from 1 s, so after a long outage its next attempt could
             # be minutes away. With 0, a failed attempt is retried once at once and then given up
             # (the pool shrinks by one); `_keep_full` grows it back every REFILL_INTERVAL_S.
             reconnect_timeout=0,
             name="taskapi",
         )
+        # Requests admitted to wait for a connection: sized from the measured service rate, unless
+        # DB_MAX_WAITING fixes the queue length (then the pool's max_waiting enforces it).
+        self.admission = Admission(settings.db_pool_size, settings.db_timeout_s, fixed_limit=settings.db_max_waiting)
         self._keeper: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -176,7 +181,7 @@ class Database:
         # Only the sub: the policies need nothing else, and nothing else may reach a server log.
         context = {"claims": msgspec.json.encode({"sub": user_id}).decode() if user_id else "",
                    "statement_timeout": self._statement_timeout}
-        async with _PooledConnection(self.pool, self._timeout) as conn:
+        async with _PooledConnection(self.pool, self._timeout, self.admission) as conn:
             prepared = self._prepared.setdefault(conn, set()) if self._prepare else None
             return await pipeline.run(conn, [(SET_REQUEST_CONTEXT, context), (statement, params)],
                                       prepared=prepared, reply_timeout=self._reply_timeout)
@@ -218,6 +223,9 @@ STATE_KEY = "db"
 class _PooledConnection:
     """A live connection from the pool, within DB_TIMEOUT_S; the one place a driver error becomes an `ApiError`.
 
+    A request admitted by api/admission.py waits only until its deadline (DB_TIMEOUT_S from its
+    arrival), and the time it holds the connection is the service time admission sizes the queue by.
+
     The liveness check runs here rather than as the pool's `check`: psycopg_pool sleeps one second
     (then two, four...) after each connection that fails its check, so after a restart of
     PostgreSQL a request meeting a few dead idle connections would run out of DB_TIMEOUT_S. Here a
@@ -225,22 +233,31 @@ class _PooledConnection:
     is taken at once.
     """
 
-    __slots__ = ("_conn", "_pool", "_timeout")
+    __slots__ = ("_admission", "_conn", "_pool", "_taken", "_timeout")
 
-    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]], timeout: float) -> None:
+    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]], timeout: float,
+                 admission: Admission) -> None:
         self._pool = pool
         self._timeout = timeout
+        self._admission = admission
         self._conn: AsyncConnection[Any] | None = None
+        self._taken: float | None = None
 
     async def __aenter__(self) -> AsyncConnection[Any]:
-        deadline = time.monotonic() + self._timeout
+        admitted_until = request_deadline.get()
+        deadline = time.monotonic() + self._timeout if admitted_until is None else admitted_until
         while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ServiceUnavailable("the database is busy, retry shortly")
             try:
-                conn = await self._pool.getconn(timeout=deadline - time.monotonic())
+                conn = await self._pool.getconn(timeout=left)
             except (psycopg.Error, PoolTimeout, TooManyRequests) as exc:
                 raise from_database(exc) from exc
             if pipeline.is_idle_and_sound(conn):
                 self._conn = conn
+                if admitted_until is not None:  # only requests the gate admitted measure the service time
+                    self._taken = self._admission.holding(time.monotonic())
                 return conn
             await conn.close()
             await self._pool.putconn(conn)
@@ -248,6 +265,8 @@ class _PooledConnection:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         assert self._conn is not None
+        if self._taken is not None:
+            self._admission.released(self._taken, time.monotonic())
         try:
             await self._pool.putconn(self._conn)
         except psycopg.Error as pool_exc:  # returning the connection failed: the pool discards it
