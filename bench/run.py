@@ -116,20 +116,22 @@ def main(argv: list[str] | None = None) -> int:
                 for result in report.results:
                     if result.name == "list_jwks":
                         result.note = f"JWKS fetched {jwks.fetches} time(s) in all"
+        report.machine["load_after"] = os.getloadavg()
+        _evaluate(report, args)
+        print(_markdown(report))
+        out = Path(args.json) if args.json else ROOT / "bench" / "results" / f"{report.started.replace(':', '')}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report.to_json(), indent=2))
+        _log(f"JSON written to {out}")
+        failed = [f"{r.name} c={r.concurrency}" for r in report.results if r.failure]
+        if failed:
+            kept = out.with_suffix(".server.log")
+            shutil.copyfile(work / "server.log", kept)
+            _log(f"FAILED: {', '.join(failed)}; the server's log is in {kept}")
+            return 1
+        return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report.machine["load_after"] = os.getloadavg()
-    _evaluate(report, args)
-    print(_markdown(report))
-    out = Path(args.json) if args.json else ROOT / "bench" / "results" / f"{report.started.replace(':', '')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report.to_json(), indent=2))
-    _log(f"JSON written to {out}")
-    failed = [f"{r.name} c={r.concurrency}" for r in report.results if r.failure]
-    if failed:
-        _log(f"FAILED: {', '.join(failed)}")
-        return 1
-    return 0
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -140,7 +142,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tasks-per-user", type=int, default=100)
     parser.add_argument("--duration", type=int, default=None, help="seconds per run (default 10, quick 2)")
     parser.add_argument("--rounds", type=int, default=3, help="runs per scenario, interleaved (default 3)")
-    parser.add_argument("--warm-up", type=int, default=None, help="seconds of list load first (default 10, quick 3)")
+    parser.add_argument("--warm-up", type=int, default=None, help="seconds of list load first (default 30, quick 5)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "2")))
     # 2 workers x 4 connections measured best on a 2-core machine that also runs PostgreSQL and wrk:
@@ -160,7 +162,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.users = args.users or (1_000 if args.quick else 10_000)
     args.duration = args.duration or (2 if args.quick else 10)
-    args.warm_up = args.warm_up if args.warm_up is not None else (3 if args.quick else 10)
+    # Long enough for ~5 uses of each user's token: each worker has then cached nearly all of them.
+    args.warm_up = args.warm_up if args.warm_up is not None else (5 if args.quick else 30)
     if args.idle_connections is None:
         args.idle_connections = 2_000 if args.quick else 10_000
     args.idle_seconds = args.idle_seconds or (10 if args.quick else 30)
@@ -323,13 +326,14 @@ def _evaluate(report: Report, args: argparse.Namespace) -> None:
 
 def _markdown(report: Report) -> str:
     options = report.options
+    load = f"{_load_average(report.machine, 'load_before')} before, {_load_average(report.machine, 'load_after')} after"
     lines = [f"## taskapi benchmark, {report.started}", "",
              f"{report.machine['cpus']} CPUs, Python {report.machine['python']}, "
              f"PostgreSQL {report.machine.get('postgres', '?')}; "
              f"{options['users']:,} users x {options['tasks_per_user']} tasks, "
              f"{options['workers']} workers x pool {options['pool_size']}, "
              f"{options['rounds']} runs of {options['duration']} s per scenario (medians), "
-             f"server LOG_LEVEL={options['log_level']}", "",
+             f"server LOG_LEVEL={options['log_level']}; 1-minute load average {load}", "",
              "| scenario | conc. | 2xx/s (tps) | each run | p50 ms | p99 ms | non-2xx | socket errors "
              "| server CPU µs/req | peak RSS MB/worker | status |",
              "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -346,6 +350,12 @@ def _markdown(report: Report) -> str:
     lines += ["", "| target | measured | met |", "| --- | --- | :---: |"]
     lines += [f"| {t.target} | {t.measured} | {'yes' if t.met else '**no**'} |" for t in report.targets]
     return "\n".join(lines)
+
+
+def _load_average(machine: dict[str, Any], key: str) -> str:
+    """The 1-minute load average recorded under `key`: how much else the machine was doing."""
+    values = machine.get(key)
+    return f"{values[0]:.1f}" if values else "?"
 
 
 def _num(value: float | None, digits: int = 2) -> str:
