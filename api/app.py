@@ -5,24 +5,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from litestar import Litestar, Request, Response, Router, get
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 
-from . import __version__, tasks
-from .auth import Verifier
+from . import __version__, routes
+from .asgi import ASGIApp
+from .auth import Caller, Verifier, bind_caller
 from .config import Settings
-from .db import Database
+from .db import STATE_KEY as DB_STATE_KEY
+from .db import Database, current_database
 from .errors import EXCEPTION_HANDLERS, ErrorBody, Forbidden, ServiceUnavailable, UnsupportedMediaType, respond
 from .jwks import JwksKeys
 from .limits import MAX_BODY_BYTES, RequestLimits
 from .logs import RequestLog
 from .openapi import not_ready_response, openapi_config
+from .pipeline import Statement
 from .posture import PostureGuard
 
 log = logging.getLogger("taskapi")
@@ -31,13 +34,13 @@ log = logging.getLogger("taskapi")
 def create_app(settings: Settings) -> RequestLog:
     """The ASGI application for these settings; no global state."""
     jwks = JwksKeys(settings.jwt_jwks_url, ttl_s=settings.jwt_jwks_ttl_s) if settings.jwt_jwks_url else None
+    db = Database(settings)
+    posture = PostureGuard(settings.posture_check_s)
+    verifier = Verifier(settings, jwks)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        db = Database(settings)
         await db.open()  # raises RoleUnfit: a role that could bypass RLS never serves
-        app.state.db = db
-        posture: PostureGuard = app.state.posture
         await posture.check(db)  # before the first request: a broken posture never serves at all
         guard = asyncio.create_task(posture.run(db), name="taskapi-posture-guard")
         try:
@@ -52,10 +55,11 @@ def create_app(settings: Settings) -> RequestLog:
                 await jwks.close()
             await db.close()
 
-    api = Router(path="/api", route_handlers=tasks.HANDLERS, before_request=authenticate,
+    gate = request_gate(posture, verifier)
+    api = Router(path="/api", route_handlers=routes.HANDLERS, before_request=gate,
                  security=[{"BearerToken": []}], tags=["tasks"])
-    compat = Router(path="/api/{user_id:str}", route_handlers=tasks.compat_handlers(),
-                    before_request=authenticate, security=[{"BearerToken": []}], tags=["tasks (by user id)"])
+    compat = Router(path="/api/{user_id:str}", route_handlers=routes.compat_handlers(),
+                    before_request=gate, security=[{"BearerToken": []}], tags=["tasks (by user id)"])
     cors = None
     if settings.cors_origins:
         cors = CORSConfig(
@@ -68,39 +72,45 @@ def create_app(settings: Settings) -> RequestLog:
     app = Litestar(
         route_handlers=[health, ready, api, compat],
         lifespan=[lifespan],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        state=State({DB_STATE_KEY: db, POSTURE_STATE_KEY: posture}),
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]  # handlers narrower than Exception
         cors_config=cors,
         openapi_config=openapi_config(__version__),
         request_max_body_size=MAX_BODY_BYTES,  # RequestLimits checks first; this is a second guard
-        state=State({"verifier": Verifier(settings, jwks), "posture": PostureGuard(settings.posture_check_s)}),
         logging_config=None,
         debug=False,
     )
     # RequestLog outermost, so even a request refused by RequestLimits has its id and its log line.
-    return RequestLog(RequestLimits(app, body_timeout_s=settings.http_read_timeout_s))
+    # Litestar's __call__ is typed with its own TypedDict scopes; at the ASGI boundary both are plain dicts.
+    inner = cast(ASGIApp, app)
+    return RequestLog(RequestLimits(inner, body_timeout_s=settings.http_read_timeout_s))
 
 
-async def authenticate(request: Request[Any, Any, State]) -> None:
-    """before_request of every /api route: posture, token → user id, then the checks that need no data.
+def request_gate(posture: PostureGuard, verifier: Verifier) -> Callable[[Request[Any, Any, Any]], Awaitable[None]]:
+    """The before_request of every /api route: posture, token → caller, then the checks that need no data.
 
     Order: 503 (the database's isolation posture is broken: api/posture.py) before 401 (who are you)
     before 403 (the `{user_id}` of a compatibility path is not you) before 415 (the body is not JSON);
-    the body itself is parsed after this hook.
+    query parameters and the body are parsed after it, so an unauthenticated request learns nothing
+    about what a valid one looks like.
     """
-    posture: PostureGuard = request.app.state.posture
-    if posture.closed:
-        raise ServiceUnavailable("the database's row-level security posture is broken; closed until it is fixed",
-                                 retry_after=posture.retry_after)
-    user_id = await request.app.state.verifier.user_id(request.headers.get("authorization"))
-    path_user = request.path_params.get("user_id")
-    if path_user is not None and path_user != user_id:
-        raise Forbidden("the user id in the path is not the token's")
-    if request.route_handler.opt.get("json_body"):
-        _require_json(request)
-    request.scope["taskapi.user_id"] = user_id  # type: ignore[typeddict-unknown-key]
+
+    async def authenticate(request: Request[Any, Any, Any]) -> None:
+        if posture.closed:
+            raise ServiceUnavailable("the database's row-level security posture is broken; closed until it is fixed",
+                                     retry_after=posture.retry_after)
+        caller = Caller(await verifier.user_id(request.headers.get("authorization")))
+        path_user = request.path_params.get("user_id")
+        if path_user is not None and path_user != caller.id:
+            raise Forbidden("the user id in the path is not the token's")
+        if request.route_handler.opt.get("json_body"):
+            _require_json(request)
+        bind_caller(request.scope, caller)
+
+    return authenticate
 
 
-def _require_json(request: Request[Any, Any, State]) -> None:
+def _require_json(request: Request[Any, Any, Any]) -> None:
     content_type = request.headers.get("content-type")
     if content_type is None:
         if request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers:
@@ -116,6 +126,15 @@ def _require_json(request: Request[Any, Any, State]) -> None:
         raise UnsupportedMediaType("the body must be application/json (UTF-8)")
 
 
+# /ready: reachable and migrated (up to the audit schema, which the posture guard needs).
+CHECK_READY = Statement(
+    "SELECT to_regclass('taskapi.tasks') IS NOT NULL"
+    " AND to_regprocedure('taskapi_audit.findings()') IS NOT NULL")
+
+
+POSTURE_STATE_KEY = "posture"
+
+
 class Status(msgspec.Struct):
     status: str
 
@@ -127,11 +146,16 @@ async def health() -> Status:
 
 @get("/ready", summary="Database reachable, schema migrated, row-level security posture sound",
      tags=["operations"], responses={503: not_ready_response()})
-async def ready(request: Request[Any, Any, State]) -> Response[Status] | Response[ErrorBody]:
-    if not await request.app.state.db.ready():
+async def ready(request: Request[Any, Any, Any]) -> Response[Status] | Response[ErrorBody]:
+    posture = request.app.state[POSTURE_STATE_KEY]
+    assert isinstance(posture, PostureGuard)
+    try:
+        row = await current_database(request).fetch_one(None, CHECK_READY, {})
+    except ServiceUnavailable:
+        row = None
+    if row != (b"t",):
         return respond(503, "service_unavailable", "the database is unreachable or not migrated",
                        headers={"Retry-After": "1"})
-    posture: PostureGuard = request.app.state.posture
     if posture.closed:
         return respond(503, "service_unavailable",
                        "the database's row-level security posture is broken: see SELECT * FROM "

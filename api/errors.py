@@ -130,7 +130,7 @@ def validation_error(field: str, message: str) -> BadRequest:
 
 
 # SQLSTATE → what the client sees. Anything not listed is a 500 and is logged with its traceback.
-_SQLSTATES: dict[str, type[ApiError] | tuple[type[ApiError], str]] = {
+_SQLSTATES: dict[str, type[ServiceUnavailable] | tuple[type[ApiError], str]] = {
     # a row broke a table constraint: the constraints repeat the contract's limits
     "23514": (BadRequest, "a value is outside the limits of the contract"),  # check_violation
     "23502": (BadRequest, "a required value is missing"),  # not_null_violation
@@ -157,17 +157,37 @@ _SQLSTATES: dict[str, type[ApiError] | tuple[type[ApiError], str]] = {
 }
 
 
-def from_database(exc: psycopg.Error | psycopg_pool.PoolTimeout) -> ApiError:
-    """Translate a driver or pool error into the `ApiError` the client sees."""
+DatabaseFailure = psycopg.Error | psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests | TimeoutError
+
+
+def from_database(exc: DatabaseFailure) -> ApiError:
+    """Translate a driver or pool error into the `ApiError` the client sees.
+
+    `TimeoutError` is api/pipeline.py's: no reply came in time from a server that did not close the
+    connection.
+    """
     if isinstance(exc, psycopg_pool.PoolTimeout | psycopg_pool.TooManyRequests):
         return ServiceUnavailable("the database is busy, retry shortly")
+    if isinstance(exc, TimeoutError):
+        return ServiceUnavailable("the database did not answer in time, retry shortly")
     sqlstate = getattr(exc, "sqlstate", None)
     error = _translate(exc, sqlstate)
     error.sqlstate = sqlstate
     return error
 
 
+# A CHECK constraint whose violation the API cannot see coming from the request alone (it depends on
+# the stored row): the field and the rule, for the client. Any other check_violation keeps the generic
+# message of _SQLSTATES.
+_CONSTRAINTS = {
+    "tasks_recurrence_needs_due_at": ("recurrence", "a recurring task needs a due_at"),
+    "tasks_tags_valid": ("tags", "at most 20 tags of 1 to 50 characters, distinct ignoring case"),
+}
+
+
 def _translate(exc: psycopg.Error, sqlstate: str | None) -> ApiError:
+    if sqlstate == "23514" and (field := _CONSTRAINTS.get(exc.diag.constraint_name or "")):
+        return validation_error(*field)
     mapped = _SQLSTATES.get(sqlstate or "")
     if mapped is None:
         if isinstance(exc, psycopg.OperationalError):
@@ -222,12 +242,10 @@ def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -
 
 
 def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
-    """Database errors by SQLSTATE; anything unexpected as a 500, logged server-side only."""
-    if isinstance(exc, psycopg.Error | psycopg_pool.PoolTimeout):
-        api_error = from_database(exc)
-        if api_error.status < 500 or api_error.code != "internal_error":
-            log.info("database error mapped to %s: %s", api_error.status, type(exc).__name__)
-            return handle_api_error(request, api_error)
+    """Anything unexpected: a 500, its cause logged server-side only.
+
+    Database errors never arrive here: api/db.py translates them (`from_database`) where they happen.
+    """
     _log_internal_error(request, exc)
     return respond(500, "internal_error", "internal error")
 

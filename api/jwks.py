@@ -140,8 +140,8 @@ def parse_jwks(body: bytes) -> dict[str, PublicKey]:
         try:
             kid, key = _public_key(jwk)
         except (ValueError, TypeError, jwt.PyJWTError) as exc:
-            kid = jwk.get("kid") if isinstance(jwk, dict) else None
-            log.warning("JWKS key %r ignored: %s", kid, exc)
+            named = jwk.get("kid") if isinstance(jwk, dict) else None
+            log.warning("JWKS key %r ignored: %s", named, exc)
             continue
         keys[kid] = key
     return keys
@@ -157,8 +157,10 @@ def _public_key(jwk: Any) -> tuple[str, PublicKey]:
         raise ValueError(f"use is {jwk.get('use')!r}, not 'sig'")
     if "d" in jwk:
         raise ValueError("it holds a private key; it must not be published")
-    kty = jwk.get("kty")
-    implied = IMPLIED_ALGORITHMS.get((kty, None if kty == "RSA" else jwk.get("crv")))
+    kty, crv = jwk.get("kty"), jwk.get("crv")
+    if not isinstance(kty, str) or not (crv is None or isinstance(crv, str)):
+        raise ValueError("kty and crv must be strings")
+    implied = IMPLIED_ALGORITHMS.get((kty, None if kty == "RSA" else crv))
     if implied is None:
         raise ValueError(f"unsupported key type {kty!r} {jwk.get('crv', '')}".rstrip())
     declared = jwk.get("alg")

@@ -11,10 +11,10 @@ for as long as it likes; granian's header timeout stops at the end of the head.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import msgspec
 
+from .asgi import ASGIApp, Message, Receive, Scope, Send
 from .errors import ApiError, BadRequest, ErrorBody, HeadersTooLarge, PayloadTooLarge, RequestTimeout
 
 MAX_BODY_BYTES = 64 * 1024
@@ -26,11 +26,11 @@ MAX_HEAD_BYTES = 128 * 1024
 class RequestLimits:
     """ASGI middleware: head size, body size and body deadline; refusals are the contract's JSON."""
 
-    def __init__(self, app: Any, *, body_timeout_s: float) -> None:
+    def __init__(self, app: ASGIApp, *, body_timeout_s: float) -> None:
         self.app = app
         self.body_timeout_s = body_timeout_s
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -43,7 +43,7 @@ class RequestLimits:
         received = 0
         complete = False
 
-        async def limited_receive() -> dict[str, Any]:
+        async def limited_receive() -> Message:
             # Raising an ApiError here lets Litestar's exception handlers answer as for any other
             # error: the handler that reads the body is the one that fails.
             nonlocal received, complete
@@ -57,6 +57,8 @@ class RequestLimits:
             if message["type"] == "http.disconnect":
                 complete = True
                 raise BadRequest("the client closed the connection before the body was complete")
+            if message["type"] != "http.request":
+                return message
             received += len(message.get("body", b""))
             if received > MAX_BODY_BYTES:
                 raise PayloadTooLarge("the request body is larger than 64 KiB")
@@ -67,10 +69,11 @@ class RequestLimits:
         await self.app(scope, limited_receive, send)
 
 
-def _check_head(scope: dict[str, Any]) -> ApiError | None:
+def _check_head(scope: Scope) -> ApiError | None:
     size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
     declared: bytes | None = None
-    for name, value in scope["headers"]:
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for name, value in headers:
         size += len(name) + len(value) + 4  # ": " and CRLF, as on the wire
         if name == b"content-length":
             declared = value
@@ -81,7 +84,7 @@ def _check_head(scope: dict[str, Any]) -> ApiError | None:
     return None
 
 
-async def _respond(send: Any, error: ApiError) -> None:
+async def _respond(send: Send, error: ApiError) -> None:
     body = msgspec.json.encode(ErrorBody(error.code, error.message))
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                (b"connection", b"close")]

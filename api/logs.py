@@ -19,6 +19,9 @@ from typing import Any
 
 import msgspec
 
+from .asgi import ASGIApp, Message, Receive, Scope, Send
+from .auth import caller_of
+
 log = logging.getLogger("taskapi.access")
 
 _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
@@ -28,10 +31,10 @@ _encode = msgspec.json.Encoder().encode
 class RequestLog:
     """ASGI middleware around the app; `app` is the wrapped application."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -42,7 +45,7 @@ class RequestLog:
         status = 500
         logged = False
 
-        async def send_with_id(message: dict[str, Any]) -> None:
+        async def send_with_id(message: Message) -> None:
             nonlocal status, logged
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -60,13 +63,14 @@ class RequestLog:
                 _log_request(scope, request_id, status, started)
 
 
-def _log_request(scope: dict[str, Any], request_id: str, status: int, started: float) -> None:
+def _log_request(scope: Scope, request_id: str, status: int, started: float) -> None:
     if log.isEnabledFor(logging.INFO):
         _write_line(scope, request_id, status, time.perf_counter() - started)
 
 
-def _request_id(scope: dict[str, Any]) -> str:
-    for name, value in scope["headers"]:
+def _request_id(scope: Scope) -> str:
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for name, value in headers:
         if name == b"x-request-id":
             if _SANE_REQUEST_ID.fullmatch(value):
                 return value.decode()
@@ -79,8 +83,8 @@ _ID_PREFIX = uuid.uuid4().hex[:16]
 _id_counter = itertools.count(1)
 
 
-def _write_line(scope: dict[str, Any], request_id: str, status: int, seconds: float) -> None:
-    user_id = scope.get("taskapi.user_id")
+def _write_line(scope: Scope, request_id: str, status: int, seconds: float) -> None:
+    caller = caller_of(scope)
     line = {
         "time": _utc_now(),
         "level": "info",
@@ -89,11 +93,16 @@ def _write_line(scope: dict[str, Any], request_id: str, status: int, seconds: fl
         "route": scope.get("path_template") or "(unmatched)",
         "status": status,
         "duration_ms": round(seconds * 1000, 3),
-        "user": hashlib.sha256(user_id.encode()).hexdigest()[:16] if user_id else None,
+        "user": _user_hash(caller.id) if caller else None,
     }
     # One unbuffered write per line: lines of concurrent workers never interleave, and none waits in
     # a buffer when the process dies.
     os.write(_STDERR, _encode(line) + b"\n")
+
+
+def _user_hash(user_id: str) -> str:
+    # surrogatepass: a `sub` is any JSON string, and a lone surrogate must not cost the request its line.
+    return hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 _STDERR = 2

@@ -8,8 +8,8 @@ Idempotent and safe on every deploy: concurrent runs serialise on an advisory lo
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import LiteralString
@@ -34,9 +34,12 @@ MIGRATE_LOCK_KEY = 0x7461736B617069  # "taskapi"
 
 
 def sql_dir() -> Path:
-    """The `sql/` folder of this checkout (``TASKAPI_SQL_DIR`` overrides it, e.g. in the image)."""
-    override = os.environ.get("TASKAPI_SQL_DIR")
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "sql"
+    """The folder holding ``migrations/`` and ``policies/``: the package data `api.sql`.
+
+    pyproject.toml installs the repository's top-level ``sql/`` as that package, so an installed
+    wheel migrates from any working directory, and an editable install reads the checkout itself.
+    """
+    return Path(str(importlib.resources.files("api.sql")))
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import psycopg
 from granian.constants import Interfaces, Loops
 from granian.http import HTTP1Settings
+from granian.log import LogLevels
 from granian.server import Server
 
 from .config import Settings
@@ -84,7 +85,7 @@ def run(settings: Settings) -> None:
                                      max_buffer_size=MAX_BUFFER_BYTES),
         websockets=False,
         log_enabled=True,
-        log_level=settings.log_level.lower(),
+        log_level=LogLevels(settings.log_level.lower()),
         workers_kill_timeout=max(1, round(settings.shutdown_grace_s)),
         # uvloop: measured 24 % less server CPU per list request than asyncio's loop (README, Performance).
         loop=Loops.uvloop,

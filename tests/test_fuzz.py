@@ -23,6 +23,8 @@ from conftest import make_user
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.slow]
 
+CONFIG = Path(__file__).with_name("schemathesis.toml")
+
 
 def fuzz_examples() -> int:
     return int(os.environ.get("FUZZ_EXAMPLES", "10"))
@@ -30,7 +32,8 @@ def fuzz_examples() -> int:
 
 @pytest.mark.parametrize("with_token", [True, False], ids=["with-token", "without-token"])
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(server, with_token, tmp_path):
-    command = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{server.base_url}/schema/openapi.json",
+    command = [str(Path(sys.executable).parent / "schemathesis"), "--config-file", str(CONFIG),
+               "run", f"{server.base_url}/schema/openapi.json",
                "--checks", "all", "--max-examples", str(fuzz_examples()), "--request-timeout", "30",
                # Every task has two paths, /api/tasks/{id} and /api/{user_id}/tasks/{id} (links inferred
                # from the Task body's `id` and `user_id`). The stateful phase sometimes deletes a task

@@ -12,7 +12,7 @@ from psycopg import errors
 
 from api.config import Settings
 from api.db import Database as ApiDatabase
-from api.db import Statement
+from api.pipeline import Statement
 from conftest import JWT_SECRET, pooler_env
 
 

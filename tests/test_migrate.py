@@ -17,6 +17,9 @@ EXPECTED_POLICIES = {
     ("tasks_update", "UPDATE", "{taskapi_app}"),
     ("tasks_delete", "DELETE", "{taskapi_app}"),
     ("tasks_owner_task_exists", "SELECT", "{taskapi_owner}"),
+    ("task_counts_select", "SELECT", "{taskapi_app,taskapi_auditor}"),
+    ("task_counts_insert", "INSERT", "{taskapi_app}"),
+    ("task_counts_update", "UPDATE", "{taskapi_app}"),
 }
 
 
@@ -30,7 +33,7 @@ def test_migrate_twice_is_a_no_op_the_second_time(scratch_database):
     report = migrate(scratch_database.admin_dsn, app_password=APP_PASSWORD, auditor_password=AUDITOR_PASSWORD)
     assert report.migrations_applied == []
     assert report.roles_created == [] and report.roles_fixed == []
-    assert report.policy_files == ["tasks.sql"]
+    assert report.policy_files == ["task_counts.sql", "tasks.sql"]
     assert policies(scratch_database.admin_dsn) == EXPECTED_POLICIES
 
 
@@ -100,7 +103,7 @@ def test_cli_migrate_needs_the_admin_dsn_and_is_idempotent(scratch_database):
     ok = subprocess.run([sys.executable, "-m", "api.cli", "migrate"], cwd=ROOT, capture_output=True, text=True,
                         env={**env, "DATABASE_ADMIN_URL": scratch_database.admin_dsn})
     assert ok.returncode == 0, ok.stderr
-    assert "applied policies from tasks.sql" in ok.stdout
+    assert "applied policies from task_counts.sql, tasks.sql" in ok.stdout
 
 
 def test_migrate_into_an_empty_database_creates_everything(cluster):

@@ -11,7 +11,8 @@ import pytest
 from conftest import CORS_ORIGIN, make_user
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
-TASK_FIELDS = {"id", "title", "description", "completed", "user_id", "created_at", "updated_at"}
+TASK_FIELDS = {"id", "title", "description", "completed", "user_id", "created_at", "updated_at",  # v1
+               "due_at", "priority", "tags", "recurrence", "next_task_id"}  # v1.2
 
 
 def create(http, user, **body):
@@ -111,7 +112,7 @@ def test_nothing_is_stored_when_validation_fails(http):
     assert_validation(http.post("/api/tasks", json={"title": "ok", "completed": "yes"}, headers=user.headers),
                       "completed")
     assert_validation(http.post("/api/tasks", json={"title": "a" * 300}, headers=user.headers), "title")
-    assert http.get("/api/tasks", headers=user.headers).json() == {"tasks": [], "total_count": 0}
+    assert http.get("/api/tasks", headers=user.headers).json() == {"tasks": [], "total_count": 0, "next_cursor": None}
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml",
@@ -164,7 +165,7 @@ def test_list_limit_offset_and_completed_filter(http):
     todo = http.get("/api/tasks", params={"completed": "false", "limit": 1}, headers=user.headers).json()
     assert todo["total_count"] == 3 and len(todo["tasks"]) == 1 and not todo["tasks"][0]["completed"]
     beyond = http.get("/api/tasks", params={"offset": 100}, headers=user.headers).json()
-    assert beyond == {"tasks": [], "total_count": 7}
+    assert beyond == {"tasks": [], "total_count": 7, "next_cursor": None}
 
 
 def test_list_default_limit_is_50_and_max_200(http):
@@ -264,7 +265,7 @@ def test_unknown_route_is_404_json(http, alice):
 
 
 def test_wrong_method_is_405_json(http, alice):
-    assert_error(http.delete("/api/tasks", headers=alice.headers), 405, "method_not_allowed")
+    assert_error(http.put("/api/tasks", headers=alice.headers), 405, "method_not_allowed")
     assert_error(http.post("/health"), 405, "method_not_allowed")
 
 
@@ -274,7 +275,7 @@ def test_request_id_is_echoed_when_sane_and_generated_otherwise(http, alice):
     for insane in ["has spaces", "x" * 200, "<script>"]:
         replaced = http.get("/api/tasks", headers={**alice.headers, "X-Request-ID": insane})
         assert replaced.headers["x-request-id"] != insane and replaced.headers["x-request-id"]
-    for response in (http.get("/health"), http.get("/nope"), http.get("/api/tasks"), http.delete("/api/tasks")):
+    for response in (http.get("/health"), http.get("/nope"), http.get("/api/tasks"), http.put("/api/tasks")):
         assert response.headers.get("x-request-id"), response.status_code
 
 

@@ -66,3 +66,7 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA taskapi FROM PUBLIC, taskapi_app, taskapi_
 GRANT EXECUTE ON FUNCTION taskapi.current_user_id() TO taskapi_app, taskapi_auditor;
 GRANT EXECUTE ON FUNCTION taskapi.task_json(taskapi.tasks) TO taskapi_app, taskapi_auditor;
 GRANT EXECUTE ON FUNCTION taskapi.task_exists(uuid) TO taskapi_app;
+-- A CHECK constraint's function runs with the rights of whoever writes the row.
+GRANT EXECUTE ON FUNCTION taskapi.tags_valid(text[]) TO taskapi_app;
+GRANT EXECUTE ON FUNCTION taskapi.tag_keys(text[]) TO taskapi_app, taskapi_auditor;
+GRANT EXECUTE ON FUNCTION taskapi.task_etag(taskapi.tasks) TO taskapi_app, taskapi_auditor;

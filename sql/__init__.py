@@ -1,0 +1,1 @@
+"""taskapi's SQL, installed as the package `api.sql` (see pyproject.toml); read by api/migrate.py."""
