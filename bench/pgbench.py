@@ -159,7 +159,28 @@ def parse(returncode: int, stdout: str, stderr: str, latencies_us: list[int], se
 def _pgbench_sql(sql_text: str, values: dict[str, str]) -> str:
     """`sql_text` on one line, its %(name)s parameters replaced by pgbench expressions."""
     one_line = " ".join(line.strip() for line in sql_text.splitlines() if line.strip())
-    return re.sub(r"%\((\w+)\)s", lambda m: values[m[1]], one_line)
+    return re.sub(r"%\((\w+)\)s", lambda m: values[m[1]], _colons_spelled_out(one_line))
+
+
+# A string literal, with the E of an escape string literal if it has one.
+_LITERAL = re.compile(r"(?<![\w$])([Ee]?)'((?:[^']|'')*)'")
+
+
+def _colons_spelled_out(sql_text: str) -> str:
+    """`sql_text` with each colon inside a string literal written as `chr(58)`.
+
+    pgbench reads `:name` as one of its variables even inside quotes, so to_char's 'HH24:MI:SS' would
+    become parameters; `('HH24' || chr(58) || 'MI' ...)` is the same constant, folded when planned.
+    """
+    def spell(match: re.Match[str]) -> str:
+        prefix, body = match[1], match[2]
+        if ":" not in body:
+            return match[0]
+        if prefix:
+            raise BaselineError(f"a colon in an escape string literal cannot be spelled out: {match[0]}")
+        return "(" + " || chr(58) || ".join(f"'{part}'" for part in body.split(":")) + ")"
+
+    return _LITERAL.sub(spell, sql_text)
 
 
 def _latencies_us(work: Path, name: str) -> list[int]:

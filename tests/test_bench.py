@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))  # bench/ is a folder of the checkout, not part of
 
 from api.listing import LIST_TASKS
 from bench.measure import Result, Run
-from bench.pgbench import BaselineError, check_explicit_where, explicit_where
+from bench.pgbench import BaselineError, check_explicit_where, explicit_where, floor_script
 from bench.pgbench import parse as parse_pgbench
 from bench.wrk import parse as parse_wrk
 
@@ -101,6 +101,13 @@ def test_the_explicit_where_variant_is_derived_from_list_tasks_and_refuses_what_
                       "SELECT * FROM taskapi.tasks AS t, taskapi.task_counts AS c"):
         with pytest.raises(BaselineError):
             explicit_where(statement)
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_the_pgbench_scripts_use_only_their_own_variables(explicit):
+    """pgbench reads any `:name` as a variable, inside quotes too (to_char's 'HH24:MI:SS')."""
+    script = floor_script(explicit=explicit, user_prefix="p", users=3)
+    assert set(re.findall(r"(?<!:):([A-Za-z_]\w*)", script)) == {"u", "limit", "offset"}, script
 
 
 def test_the_explicit_where_variant_returns_what_list_tasks_returns_under_rls(database):
