@@ -388,3 +388,33 @@ def timed_get(base_url: str, path: str, headers: dict[str, str]) -> tuple[int, f
     started = time.monotonic()
     response = httpx.get(f"{base_url}{path}", headers=headers, timeout=30)
     return response.status_code, time.monotonic() - started, response
+
+
+# --- servers of a test's own (the overload and shutdown tests) ------------------------------------------
+
+@pytest.fixture(scope="module")
+def module_database(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[Database]:
+    """A database for one test module alone: its tests lock the table and flood or stop their servers,
+    which must not slow down or fail the tests that share the session's `database`."""
+    db = new_database(cluster, prefix=f"taskapi_{request.module.__name__.removeprefix('test_')}")
+    yield db
+    cluster.drop_database(db.name)
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """`start_server(db, port=None, **env)`: a `taskapi serve` of the test's own on `server_env(db, **env)`.
+
+    Each gets its own log file in tmp_path; all still running are stopped (SIGTERM) when the test ends.
+    """
+    started: list[Server] = []
+
+    def start(db: Database, *, port: int | None = None, **env: str) -> Server:
+        log_path = tmp_path / f"serve-{len(started) + 1}.log"
+        srv = Server(env=server_env(db, **env), log_path=log_path, **({"port": port} if port else {}))
+        started.append(srv)
+        return srv.start()
+
+    yield start
+    for srv in reversed(started):
+        srv.stop()
