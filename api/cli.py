@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .config import ConfigError, Settings, jwt_secret_from_env
+from .config import ConfigError, Settings, jwt_secret_from_env, require_strong_secret
 
 EXIT_CONFIG = 2
 
@@ -149,6 +149,7 @@ def _token(args: argparse.Namespace) -> int:
     secret = jwt_secret_from_env()
     if not secret:
         raise ConfigError("JWT_SECRET (or BETTER_AUTH_SECRET) is not set: it signs the token")
+    require_strong_secret(secret)
     if not args.sub or len(args.sub) > MAX_SUB_LENGTH:
         raise ConfigError("--sub must be 1 to 255 characters")
     if args.ttl < 1:
