@@ -40,6 +40,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
 from .config import Settings
 from .errors import ServiceUnavailable, from_database
+from .roles import CHECK_RUNTIME_ROLE, RoleUnfit, role_problem
 
 log = logging.getLogger("taskapi.db")
 
@@ -78,59 +79,26 @@ class Statement:
         return [_text(params[name]) for name in self.param_names]
 
 
-# Installs the verified identity and the statement timeout for this transaction only.
+# Installs the verified identity and the statement timeout for this transaction only, and pins its
+# search_path: no function planted in a schema of a database-level search_path runs in a request (issue #9).
 SET_REQUEST_CONTEXT = Statement(
-    "SELECT set_config('request.jwt.claims', %(claims)s, true),"
-    " set_config('statement_timeout', %(statement_timeout)s, true)")
+    "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true),"
+    " pg_catalog.set_config('request.jwt.claims', %(claims)s, true),"
+    " pg_catalog.set_config('statement_timeout', %(statement_timeout)s, true)")
 
 # The one deliberate look past RLS (see sql/migrations/0001_tasks.sql): 403 versus 404.
 TASK_EXISTS = Statement("SELECT taskapi.task_exists(%(id)s)")
 
-# Is this role fit to serve? (CONTRACT.md section 6: the API refuses a role that could bypass RLS.)
-CHECK_RUNTIME_ROLE: LiteralString = """
-    SELECT r.rolsuper,
-           r.rolbypassrls,
-           to_regclass('taskapi.tasks') IS NOT NULL AS migrated,
-           coalesce((SELECT c.relowner = r.oid FROM pg_class c
-                     WHERE c.oid = to_regclass('taskapi.tasks')), false) AS owns_tasks,
-           EXISTS (SELECT 1 FROM pg_roles o WHERE o.rolname = 'taskapi_owner'
-                   AND pg_has_role(r.oid, o.oid, 'MEMBER')) AS owner_member
-    FROM pg_roles r
-    WHERE r.rolname = current_user
-"""
-
 # /ready: reachable and migrated (up to the audit schema, which the posture guard needs).
 CHECK_READY = Statement(
-    "SELECT to_regclass('taskapi.tasks') IS NOT NULL"
-    " AND to_regprocedure('taskapi_audit.findings()') IS NOT NULL")
+    "SELECT pg_catalog.to_regclass('taskapi.tasks') IS NOT NULL"
+    " AND pg_catalog.to_regprocedure('taskapi_audit.findings()') IS NOT NULL")
 
 # The posture guard (api/posture.py): every problem the database reports about its own isolation
 # (sql/migrations/0002_audit.sql), under the statement timeout like any request.
 LIST_FINDINGS = Statement('SELECT "check", severity, object FROM taskapi_audit.findings()')
 
 Row = tuple[bytes | None, ...]
-
-
-class RoleUnfit(Exception):
-    """The runtime role could bypass row-level security; ``str(exc)`` is a one-line reason."""
-
-
-def role_problem(row: tuple[bool, bool, bool, bool, bool] | None, role: str) -> str | None:
-    """The reason this role must not serve, from a `CHECK_RUNTIME_ROLE` row, or None when fit."""
-    if row is None:
-        return f"cannot read the attributes of role {role}"
-    superuser, bypassrls, migrated, owns_tasks, owner_member = row
-    if superuser:
-        return f"refusing to start: database role {role} is a superuser, which bypasses row-level security"
-    if bypassrls:
-        return f"refusing to start: database role {role} has BYPASSRLS"
-    if not migrated:
-        return "refusing to start: table taskapi.tasks does not exist; run `taskapi migrate` first"
-    if owns_tasks:
-        return f"refusing to start: database role {role} owns taskapi.tasks and could disable its policies"
-    if owner_member:
-        return f"refusing to start: database role {role} is a member of taskapi_owner"
-    return None
 
 
 class Database:
@@ -173,8 +141,7 @@ class Database:
         await self.pool.open(wait=True, timeout=self._timeout)
         async with self.pool.connection() as conn:
             cur = await conn.execute(CHECK_RUNTIME_ROLE)
-            row = await cur.fetchone()
-            problem = role_problem(row, conn.info.user)
+            problem = role_problem(await cur.fetchall(), conn.info.user)
         if problem:
             await self.pool.close()
             raise RoleUnfit(problem)

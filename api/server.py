@@ -8,8 +8,8 @@ from granian.http import HTTP1Settings
 from granian.server import Server
 
 from .config import Settings
-from .db import CHECK_RUNTIME_ROLE, role_problem
 from .logs import RequestLog, configure_logging
+from .roles import CHECK_RUNTIME_ROLE, role_problem
 
 # hyper's read buffer, which bounds the request head it accepts (431 and close beyond it). Above
 # api/limits.py's MAX_HEAD_BYTES, so a head between the two still gets the contract's JSON 431.
@@ -25,12 +25,11 @@ class StartupError(Exception):
 
 
 def preflight(settings: Settings) -> None:
-    """Refuse to start when the database is unreachable or the role could bypass RLS."""
+    """Refuse to start when the database is unreachable or the role could get past RLS (api/roles.py)."""
     try:
         with psycopg.connect(settings.database_url, connect_timeout=max(1, round(settings.db_timeout_s)),
                              autocommit=True) as conn:
-            row = conn.execute(CHECK_RUNTIME_ROLE).fetchone()
-            problem = role_problem(row, conn.info.user)
+            problem = role_problem(conn.execute(CHECK_RUNTIME_ROLE).fetchall(), conn.info.user)
     except psycopg.Error as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StartupError(f"cannot use DATABASE_URL: {first_line}") from None
