@@ -17,7 +17,14 @@ EXIT_CONFIG = 2
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="taskapi", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("migrate", help="create roles, apply migrations and policies (DATABASE_ADMIN_URL)")
+    migrate = commands.add_parser(
+        "migrate", help="create roles, apply migrations and policies (DATABASE_ADMIN_URL)",
+        description="Create the roles, apply the migrations and sql/policies/, record the manifest. Roles are shared "
+                    "by every database of the server: a change to a role that another database uses (an "
+                    "attribute, a new password, a membership) is refused unless allowed.")
+    migrate.add_argument("--allow-shared-role-changes", action="store_true",
+                         help="change roles even when another database of the server uses them "
+                              "(also TASKAPI_ALLOW_SHARED_ROLE_CHANGES=1)")
     commands.add_parser("serve", help="run the API against DATABASE_URL")
     commands.add_parser("dev", help="embedded PostgreSQL + migrate + serve, for trying it out")
     audit = commands.add_parser(
@@ -47,17 +54,22 @@ def _migrate(args: argparse.Namespace) -> int:
     if not admin_dsn:
         raise ConfigError("DATABASE_ADMIN_URL is not set: give a DSN allowed to create roles "
                           "(the server's DATABASE_URL is not enough)")
-    return _run_migrate(admin_dsn)
+    allow = args.allow_shared_role_changes or os.environ.get("TASKAPI_ALLOW_SHARED_ROLE_CHANGES", "") in ("1", "true")
+    return _run_migrate(admin_dsn, allow_shared_role_changes=allow)
 
 
-def _run_migrate(admin_dsn: str) -> int:
+def _run_migrate(admin_dsn: str, *, allow_shared_role_changes: bool = False) -> int:
     import psycopg
 
-    from .migrate import migrate
+    from .migrate import SharedRoleChange, migrate
 
     try:
         report = migrate(admin_dsn, app_password=os.environ.get("TASKAPI_APP_PASSWORD") or None,
-                         auditor_password=os.environ.get("TASKAPI_AUDITOR_PASSWORD") or None)
+                         auditor_password=os.environ.get("TASKAPI_AUDITOR_PASSWORD") or None,
+                         allow_shared_role_changes=allow_shared_role_changes)
+    except SharedRoleChange as exc:
+        print(f"taskapi migrate: refused: {exc}", file=sys.stderr)
+        return 1
     except psycopg.Error as exc:
         print(f"taskapi migrate: failed: {_first_line(exc)}", file=sys.stderr)
         return 1
@@ -65,9 +77,12 @@ def _run_migrate(admin_dsn: str) -> int:
         print(f"created role {role}")
     for fix in report.roles_fixed:
         print(f"fixed role {fix}")
+    for change in report.passwords_set:
+        print(f"set password: {change}")
     for migration in report.migrations_applied:
         print(f"applied migration {migration}")
     print(f"applied policies from {', '.join(report.policy_files)}")
+    print(f"recorded the manifest ({report.manifest_entries} entries)")
     return 0
 
 
