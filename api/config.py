@@ -43,7 +43,7 @@ class Settings:
     http_read_timeout_s: float = 5.0
     http_keepalive_s: float = 60.0
     max_connections: int = 8192
-    posture_check_s: float = 60.0
+    posture_check_s: float = DEFAULT_POSTURE_CHECK_S
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
 
@@ -98,7 +98,7 @@ class Settings:
             # granian accepts at most 60 s for its header read timeout.
             http_keepalive_s=reader.number("HTTP_KEEPALIVE_S", 60.0, low=1, high=60),
             max_connections=int(reader.number("MAX_CONNECTIONS", 8192, low=16, high=1_000_000, integer=True)),
-            posture_check_s=reader.number("POSTURE_CHECK_S", 60.0, low=0.1, high=86400),
+            posture_check_s=reader.number("POSTURE_CHECK_S", DEFAULT_POSTURE_CHECK_S, low=0.1, high=86400),
             shutdown_grace_s=reader.number("SHUTDOWN_GRACE_S", 10.0, low=0, high=3600),
             log_level=level,
         )

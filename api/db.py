@@ -168,13 +168,17 @@ class Database:
             result = await self._run(conn, self._context(""), TASK_EXISTS, {"id": task_id})
         return _first_row(result) == (b"t",)
 
-    async def findings(self) -> list[tuple[str, str, str]]:
+    async def findings(self, *, timeout_ms: int | None = None) -> list[tuple[str, str, str]]:
         """`(check, severity, object)` of every finding of ``taskapi_audit.findings()``; none when sound.
 
-        Raises `ApiError` (`ServiceUnavailable` mostly) when the function cannot run.
+        `timeout_ms` replaces DB_STATEMENT_TIMEOUT_MS for this statement. Raises `ApiError`
+        (`ServiceUnavailable` mostly) when the function cannot run.
         """
+        context = self._context("")
+        if timeout_ms is not None:
+            context["statement_timeout"] = str(timeout_ms)
         async with self._connection() as conn:
-            result = await self._run(conn, self._context(""), LIST_FINDINGS, {})
+            result = await self._run(conn, context, LIST_FINDINGS, {})
         return [tuple(result.get_value(row, col).decode() for col in range(3))  # type: ignore[misc, union-attr]
                 for row in range(result.ntuples)]
 

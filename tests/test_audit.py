@@ -366,33 +366,57 @@ class FakeDatabase:
 
     def __init__(self) -> None:
         self.answer: list[tuple[str, str, str]] | psycopg.Error = []
+        self.timeouts: list[int | None] = []
 
-    async def findings(self) -> list[tuple[str, str, str]]:
+    async def findings(self, *, timeout_ms: int | None = None) -> list[tuple[str, str, str]]:
+        self.timeouts.append(timeout_ms)
         if isinstance(self.answer, psycopg.Error):
             raise from_database(self.answer) from self.answer
         return self.answer
 
 
-def test_the_guard_keeps_its_verdict_while_the_database_is_away():
-    guard, db = PostureGuard(60), FakeDatabase()
-
+def verdicts(guard: PostureGuard, db: FakeDatabase, answers: list) -> list[tuple[str, ...]]:
     async def scenario() -> list[tuple[str, ...]]:
         seen = []
-        for answer in ([], psycopg.OperationalError("connection refused"),
-                       [("rls_disabled", "error", "taskapi.tasks"), ("identity_not_initplan", "warning", "p")],
-                       psycopg.errors.AdminShutdown("terminating connection"),
-                       [("identity_not_initplan", "warning", "p")],
-                       psycopg.errors.UndefinedFunction("function taskapi_audit.findings() does not exist")):
+        for answer in answers:
             db.answer = answer
             await guard.check(db)  # type: ignore[arg-type]
             seen.append(guard.failing)
         return seen
 
-    assert asyncio.run(scenario()) == [
-        (), (),  # an outage before any error leaves the API open: requests meet the outage themselves
-        ("rls_disabled",), ("rls_disabled",),  # and after one, closed
+    return asyncio.run(scenario())
+
+
+def test_the_guard_keeps_its_verdict_for_one_failed_check():
+    guard, db = PostureGuard(60), FakeDatabase()
+    assert verdicts(guard, db, [
+        [], psycopg.OperationalError("connection refused"),
+        [("rls_disabled", "error", "taskapi.tasks"), ("identity_not_initplan", "warning", "p")],
+        psycopg.errors.AdminShutdown("terminating connection"),
+        [("identity_not_initplan", "warning", "p")],
+        psycopg.errors.UndefinedFunction("function taskapi_audit.findings() does not exist"),
+    ]) == [
+        (), (),  # one failed check after a sound one: still open, the next check decides
+        ("rls_disabled",), ("rls_disabled",),  # and after an error, still closed
         (),  # warnings never close it
-        (FINDINGS_UNAVAILABLE,),  # findings() gone: the guard is blind, so it closes
+        (FINDINGS_UNAVAILABLE,),  # findings() gone: the guard is blind, so it closes at once
     ]
     assert guard.retry_after == "60"
     assert isinstance(from_database(psycopg.OperationalError()), ServiceUnavailable)
+
+
+def test_the_guard_closes_after_two_failed_checks_in_a_row():
+    guard, db = PostureGuard(2), FakeDatabase()
+    assert guard.closed and guard.failing == (FINDINGS_UNAVAILABLE,)  # nobody has looked yet
+    cancelled = psycopg.errors.QueryCanceled("canceling statement due to statement timeout")
+    lock = psycopg.errors.LockNotAvailable("could not obtain lock")
+    assert verdicts(guard, db, [[], cancelled, cancelled, cancelled, [], lock, [], lock, lock]) == [
+        (), (), (FINDINGS_UNAVAILABLE,), (FINDINGS_UNAVAILABLE,), (), (), (), (), (FINDINGS_UNAVAILABLE,)]
+    # Each check may take one interval at most, so a blocked one cannot hold the verdict for long.
+    assert set(db.timeouts) == {2000}
+
+
+def test_the_first_failed_check_at_start_leaves_the_guard_closed():
+    guard, db = PostureGuard(2), FakeDatabase()
+    assert verdicts(guard, db, [psycopg.OperationalError("connection refused"), []]) == [
+        (FINDINGS_UNAVAILABLE,), ()]
