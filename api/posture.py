@@ -12,8 +12,8 @@ timeout, the database away, any error) it closes with the pseudo-check `findings
 one completes again. One failed check keeps the last verdict, so a single lost connection does not
 turn into a 503 for everyone; the next check then comes sooner (`RETRY_S`). When ``findings()`` is
 missing or refused (dropped, EXECUTE revoked, schema not migrated) the guard is blind: it closes at
-once. Each check runs under a statement timeout of one interval, so a blocked check cannot delay the
-next one by more than that.
+once. Each check runs under a statement timeout of one interval (2 s at least), so a blocked check
+cannot delay the next one by much more than that.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ _BLINDING_SQLSTATES = frozenset({"42883", "42P01", "3F000", "42501"})
 FAILURES_TO_CLOSE = 2
 # How soon to check again after a failed check (or while closed for it), when the interval is longer.
 RETRY_S = 0.5
-# A check's statement timeout is one interval, within these bounds (milliseconds).
-MIN_CHECK_TIMEOUT_MS = 500
+# A check's statement timeout is one interval, within these bounds (milliseconds): at least 2 s, so a
+# check that merely runs slow on a loaded database server is not taken for one that cannot complete.
+MIN_CHECK_TIMEOUT_MS = 2000
 
 
 class PostureGuard:
