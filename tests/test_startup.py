@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import JWT_SECRET, ROOT, cluster_change, free_port, server_env
+from conftest import JWT_SECRET, ROOT, cluster_change, embedded_data_dir, free_port, server_env
 
 
 def serve(env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -134,12 +134,19 @@ def test_token_command_without_secret_is_one_line():
 
 
 @pytest.mark.slow
-def test_dev_runs_on_embedded_postgres_and_prints_a_working_curl(tmp_path):
+def test_dev_runs_on_embedded_postgres_and_prints_a_working_curl():
     """`taskapi dev` from nothing: embedded PostgreSQL, migrate, serve, and a token that works."""
+    # Not under tmp_path: another pytest session resets /tmp/pytest-of-root to 0700 and the server,
+    # run as `embedded_postgres`, loses its data directory (see conftest.embedded_data_dir).
+    with embedded_data_dir("taskapi-dev-") as pgdata:
+        run_dev(pgdata.parent)
+
+
+def run_dev(data_dir):
     port = free_port()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DATABASE_", "JWT_", "BETTER_AUTH_", "TEST_DATABASE"))}
-    env.update({"PORT": str(port), "TASKAPI_DATA_DIR": str(tmp_path / "dev")})
+    env.update({"PORT": str(port), "TASKAPI_DATA_DIR": str(data_dir)})
     process = subprocess.Popen([sys.executable, "-m", "api.cli", "dev"], env=env, cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
@@ -173,4 +180,4 @@ def test_dev_runs_on_embedded_postgres_and_prints_a_working_curl(tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
     assert process.returncode == 0, "".join(output)
-    assert not (tmp_path / "dev" / "pgdata" / "postmaster.pid").exists(), "embedded PostgreSQL left running"
+    assert not (data_dir / "pgdata" / "postmaster.pid").exists(), "embedded PostgreSQL left running"
