@@ -27,7 +27,8 @@ import pytest
 from api.errors import ServiceUnavailable, from_database
 from api.migrate import migrate
 from api.pipeline import Statement
-from api.posture import FINDINGS_UNAVAILABLE, LIST_FINDINGS, PostureGuard
+from api.posture import FINDINGS_UNAVAILABLE, PostureGuard
+from api.posture import LIST_FINDINGS as GUARD_QUERY
 from conftest import ROOT, Database, Server, cluster_change, make_user, server_env
 from test_allow_list import WEAKENINGS
 
@@ -373,7 +374,7 @@ class FakeDatabase:
 
     async def fetch_all(self, user_id: str | None, statement: Statement, params: dict[str, object], *,
                         statement_timeout_ms: int | None = None) -> list[tuple[bytes | None, ...]]:
-        assert user_id is None and statement is LIST_FINDINGS
+        assert user_id is None and statement is GUARD_QUERY
         self.timeouts.append(statement_timeout_ms)
         if isinstance(self.answer, psycopg.Error):
             raise from_database(self.answer) from self.answer
