@@ -103,7 +103,8 @@ WEAKENINGS = [
               "ALTER TABLE taskapi.tasks DISABLE TRIGGER tasks_touch_updated_at",
               "ALTER TABLE taskapi.tasks ENABLE TRIGGER tasks_touch_updated_at"),
     Weakening("the table made a child of a table without RLS", "outside_dependency",
-              "CREATE TABLE public.parent (LIKE taskapi.tasks); GRANT SELECT ON public.parent TO taskapi_app;"
+              "CREATE TABLE public.parent (LIKE taskapi.tasks INCLUDING GENERATED);"
+              " GRANT SELECT ON public.parent TO taskapi_app;"
               " ALTER TABLE taskapi.tasks INHERIT public.parent",
               "ALTER TABLE taskapi.tasks NO INHERIT public.parent; DROP TABLE public.parent"),
     Weakening("an inheritance child of the table", "outside_dependent",

@@ -100,10 +100,10 @@ DATABASE_BREAKS = [
           "CREATE VIEW taskapi.open_tasks AS SELECT * FROM taskapi.tasks WHERE NOT completed;"
           " ALTER VIEW taskapi.open_tasks OWNER TO taskapi_owner",
           revert="DROP VIEW taskapi.open_tasks"),
-    Break("materialized_view_in_schema", "error", "taskapi.task_counts",
-          "CREATE MATERIALIZED VIEW taskapi.task_counts AS SELECT user_id, count(*) FROM taskapi.tasks GROUP BY 1;"
-          " ALTER MATERIALIZED VIEW taskapi.task_counts OWNER TO taskapi_owner",
-          revert="DROP MATERIALIZED VIEW taskapi.task_counts"),
+    Break("materialized_view_in_schema", "error", "taskapi.tasks_per_user",
+          "CREATE MATERIALIZED VIEW taskapi.tasks_per_user AS SELECT user_id, count(*) FROM taskapi.tasks GROUP BY 1;"
+          " ALTER MATERIALIZED VIEW taskapi.tasks_per_user OWNER TO taskapi_owner",
+          revert="DROP MATERIALIZED VIEW taskapi.tasks_per_user"),
     Break("foreign_table_in_schema", "error", "taskapi.remote_tasks",
           "CREATE FOREIGN DATA WRAPPER test_fdw; CREATE SERVER test_remote FOREIGN DATA WRAPPER test_fdw;"
           " CREATE FOREIGN TABLE taskapi.remote_tasks (id uuid) SERVER test_remote;"
@@ -157,9 +157,13 @@ def test_the_auditor_reads_tables_and_policies(database: Database):
                               " FROM taskapi_audit.tables").fetchall()
         policies = conn.execute("SELECT policy_name, command, roles, using_expr, with_check_expr"
                                 " FROM taskapi_audit.policies").fetchall()
-    assert tables == [("taskapi.tasks", True, True, "taskapi_owner", 5)]
+    assert tables == [("taskapi.task_counts", True, True, "taskapi_owner", 3),
+                      ("taskapi.tasks", True, True, "taskapi_owner", 5)]
     identity = "(user_id = ( SELECT taskapi.current_user_id() AS current_user_id))"
     assert policies == [
+        ("task_counts_insert", "INSERT", ["taskapi_app"], None, identity),
+        ("task_counts_select", "SELECT", ["taskapi_app", "taskapi_auditor"], identity, None),
+        ("task_counts_update", "UPDATE", ["taskapi_app"], identity, identity),
         ("tasks_delete", "DELETE", ["taskapi_app"], identity, None),
         ("tasks_insert", "INSERT", ["taskapi_app"], None, identity),
         ("tasks_owner_task_exists", "SELECT", ["taskapi_owner"], "true", None),
@@ -211,8 +215,10 @@ def test_migrate_records_where_each_policy_came_from(database: Database):
         rows = conn.execute("SELECT policy_name, source_file, length(source_sha256)"
                             " FROM taskapi_audit.applied_policies ORDER BY 1").fetchall()
     assert [name for name, _, _ in rows] == [
+        "task_counts_insert", "task_counts_select", "task_counts_update",
         "tasks_delete", "tasks_insert", "tasks_owner_task_exists", "tasks_select", "tasks_update"]
-    assert {(source, digest) for _, source, digest in rows} == {("sql/policies/tasks.sql", 64)}
+    assert {(name.startswith("tasks_"), source, digest) for name, source, digest in rows} == {
+        (True, "sql/policies/tasks.sql", 64), (False, "sql/policies/task_counts.sql", 64)}
 
 
 # `taskapi audit`, run as operators run it.
