@@ -7,9 +7,22 @@
 -- Run: tests/sql/run-pgtap <superuser DSN>, or pg_prove -d <DSN> tests/sql/*.sql (docs/audit.md).
 
 BEGIN;
-SELECT plan(50);
+SELECT plan(57);
 
-SELECT tables_are('taskapi', ARRAY['tasks'], 'schema taskapi holds only the tasks table');
+SELECT tables_are('taskapi', ARRAY['task_counts', 'tasks'], 'schema taskapi holds only the tasks and their counts');
+SELECT table_owner_is('taskapi', 'task_counts', 'taskapi_owner', 'taskapi.task_counts belongs to taskapi_owner');
+SELECT ok((SELECT relrowsecurity AND relforcerowsecurity FROM pg_catalog.pg_class
+           WHERE oid = 'taskapi.task_counts'::regclass),
+          'taskapi.task_counts has row-level security enabled and forced');
+SELECT policies_are('taskapi', 'task_counts', ARRAY['task_counts_select', 'task_counts_insert', 'task_counts_update'],
+                    'taskapi.task_counts has exactly its three policies (no DELETE: nobody may)');
+SELECT table_privs_are('taskapi', 'task_counts', 'taskapi_app', ARRAY['SELECT', 'INSERT', 'UPDATE'],
+                       'taskapi_app may read and move counts, never delete them');
+SELECT table_privs_are('taskapi', 'task_counts', 'taskapi_auditor', ARRAY['SELECT'],
+                       'taskapi_auditor may only SELECT on taskapi.task_counts');
+SELECT table_privs_are('taskapi', 'task_counts', 'public', ARRAY[]::text[],
+                       'PUBLIC holds nothing on taskapi.task_counts');
+SELECT is((SELECT count(*)::int FROM taskapi_audit.findings()), 0, 'findings() is empty on a fresh migrate');
 SELECT table_owner_is('taskapi', 'tasks', 'taskapi_owner', 'taskapi.tasks belongs to taskapi_owner');
 SELECT ok((SELECT relrowsecurity FROM pg_catalog.pg_class WHERE oid = 'taskapi.tasks'::regclass),
           'taskapi.tasks has row-level security enabled');
