@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, cast
@@ -15,6 +16,7 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 
 from . import __version__, routes
+from .admission import AdmissionGate
 from .asgi import ASGIApp
 from .auth import Caller, Verifier, bind_caller
 from .config import Settings
@@ -25,6 +27,7 @@ from .head import HeadAsGet
 from .jwks import JwksKeys
 from .limits import MAX_BODY_BYTES, RequestLimits
 from .logs import RequestLog
+from .metrics import SAMPLE_INTERVAL_S, Metrics
 from .openapi import document_headers, not_ready_response, openapi_config
 from .pipeline import Statement
 from .posture import PostureGuard
@@ -34,7 +37,11 @@ log = logging.getLogger("taskapi")
 
 def create_app(settings: Settings) -> RequestLog:
     """The ASGI application for these settings; no global state."""
-    jwks = JwksKeys(settings.jwt_jwks_url, ttl_s=settings.jwt_jwks_ttl_s) if settings.jwt_jwks_url else None
+    metrics = Metrics() if settings.metrics_port is not None else None
+    jwks = None
+    if settings.jwt_jwks_url:
+        jwks = JwksKeys(settings.jwt_jwks_url, ttl_s=settings.jwt_jwks_ttl_s,
+                        on_fetch=metrics.count_jwks_fetch if metrics else None)
     db = Database(settings)
     posture = PostureGuard(settings.posture_check_s)
     verifier = Verifier(settings, jwks)
@@ -44,23 +51,29 @@ def create_app(settings: Settings) -> RequestLog:
         await db.open()  # raises RoleUnfit: a role that could bypass RLS never serves
         await posture.check(db)  # before the first request: a broken posture never serves at all
         guard = asyncio.create_task(posture.run(db), name="taskapi-posture-guard")
+        lag = asyncio.create_task(db.admission.watch_loop(), name="taskapi-loop-lag")
+        sampler = None
+        if metrics is not None:
+            sampler = asyncio.create_task(_sample_metrics(metrics, db, posture), name="taskapi-metrics-sampler")
         try:
             if jwks is not None:
                 await jwks.start()  # an unreachable JWKS is logged, not fatal: the frontend may start later
             yield
         finally:
-            guard.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await guard
+            for task in (guard, lag, sampler):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             if jwks is not None:
                 await jwks.close()
             await db.close()
 
-    gate = request_gate(posture, verifier)
-    api = Router(path="/api", route_handlers=routes.HANDLERS, before_request=gate,
+    authenticate = request_gate(posture, verifier)
+    api = Router(path="/api", route_handlers=routes.HANDLERS, before_request=authenticate,
                  security=[{"BearerToken": []}], tags=["tasks"])
     compat = Router(path="/api/{user_id:str}", route_handlers=routes.compat_handlers(),
-                    before_request=gate, security=[{"BearerToken": []}], tags=["tasks (by user id)"])
+                    before_request=authenticate, security=[{"BearerToken": []}], tags=["tasks (by user id)"])
     cors = None
     if settings.cors_origins:
         # Exactly the headers this API reads and sends (CONTRACT.md section 5): a browser script may send
@@ -87,11 +100,23 @@ def create_app(settings: Settings) -> RequestLog:
     )
     # Built now, once, so that the headers Litestar's response specs cannot describe are added to it.
     document_headers(app.openapi_schema)
-    # RequestLog outermost, so even a request refused by RequestLimits has its id and its log line;
+    # RequestLog outermost, so even a request refused by admission or RequestLimits has its id and its
+    # log line; admission before anything reads the request, so refusing one costs next to nothing;
     # HeadAsGet innermost, so that everything else sees the method the client sent.
     # Litestar's __call__ is typed with its own TypedDict scopes; at the ASGI boundary both are plain dicts.
     inner = cast(ASGIApp, app)
-    return RequestLog(RequestLimits(HeadAsGet(inner), body_timeout_s=settings.http_read_timeout_s))
+    gate = AdmissionGate(RequestLimits(HeadAsGet(inner), body_timeout_s=settings.http_read_timeout_s),
+                         db.admission, on_shed=metrics.count_shed if metrics else None)
+    return RequestLog(gate, observe=metrics.observe if metrics else None)
+
+
+async def _sample_metrics(metrics: Metrics, db: Database, posture: PostureGuard) -> None:
+    """Copy the pool's, admission's and the posture guard's state into the worker's gauges, every second."""
+    while True:
+        now = time.monotonic()
+        metrics.sample(pool=db.pool.get_stats(), waiting=db.admission.waiting, limit=db.admission.limit(now),
+                       rate=db.admission.rate(now), lag_s=db.admission.lag_s, posture_failing=len(posture.failing))
+        await asyncio.sleep(SAMPLE_INTERVAL_S)
 
 
 def request_gate(posture: PostureGuard, verifier: Verifier) -> Callable[[Request[Any, Any, Any]], Awaitable[None]]:
@@ -136,8 +161,8 @@ def _require_json(request: Request[Any, Any, Any]) -> None:
 
 # /ready: reachable and migrated (up to the audit schema, which the posture guard needs).
 CHECK_READY = Statement(
-    "SELECT to_regclass('taskapi.tasks') IS NOT NULL"
-    " AND to_regprocedure('taskapi_audit.findings()') IS NOT NULL")
+    "SELECT pg_catalog.to_regclass('taskapi.tasks') IS NOT NULL"
+    " AND pg_catalog.to_regprocedure('taskapi_audit.findings()') IS NOT NULL")
 
 
 POSTURE_STATE_KEY = "posture"

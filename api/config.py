@@ -8,6 +8,12 @@ from dataclasses import dataclass, field
 
 DEFAULT_PORT = 8000
 DEFAULT_HOST = "127.0.0.1"
+# RFC 7518 section 3.2: an HS256 key must be at least as long as the hash output, 256 bits.
+MIN_SECRET_BYTES = 32
+# How often the posture guard re-runs taskapi_audit.findings() (api/posture.py): a check costs tens of
+# milliseconds of one connection (docs/audit.md, "Cost"), so every 2 s keeps "closed within two
+# checks" to a few seconds.
+DEFAULT_POSTURE_CHECK_S = 2.0
 
 
 class ConfigError(Exception):
@@ -33,11 +39,13 @@ class Settings:
     db_timeout_s: float = 2.0
     db_statement_timeout_ms: int = 5000
     db_pooler: str = "session"
-    db_max_waiting: int = 256
+    db_max_waiting: int | None = None  # None: sized from the measured rate (api/admission.py)
     http_read_timeout_s: float = 5.0
     http_keepalive_s: float = 60.0
     max_connections: int = 8192
-    posture_check_s: float = 60.0
+    metrics_port: int | None = None  # None: no metrics (api/metrics.py)
+    metrics_host: str = DEFAULT_HOST
+    posture_check_s: float = DEFAULT_POSTURE_CHECK_S
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
 
@@ -50,6 +58,8 @@ class Settings:
         if require_database and not database_url:
             raise ConfigError("DATABASE_URL is not set: give the runtime DSN (role taskapi_app)")
         secret = jwt_secret_from_env(env)
+        if secret:
+            require_strong_secret(secret, env)
         jwks_url = reader.text("JWT_JWKS_URL")
         if not secret and not jwks_url:
             raise ConfigError("no token verification configured: set JWT_SECRET (or BETTER_AUTH_SECRET) "
@@ -84,26 +94,17 @@ class Settings:
             db_statement_timeout_ms=int(
                 reader.number("DB_STATEMENT_TIMEOUT_MS", 5000, low=1, high=3_600_000, integer=True)),
             db_pooler=pooler,
-            db_max_waiting=int(reader.number("DB_MAX_WAITING", default_max_waiting(pool_size), low=1, high=100_000,
-                                             integer=True)),
+            db_max_waiting=reader.optional_int("DB_MAX_WAITING", low=1, high=100_000),
             http_read_timeout_s=reader.number("HTTP_READ_TIMEOUT_S", 5.0, low=0.5, high=300),
             # granian accepts at most 60 s for its header read timeout.
             http_keepalive_s=reader.number("HTTP_KEEPALIVE_S", 60.0, low=1, high=60),
             max_connections=int(reader.number("MAX_CONNECTIONS", 8192, low=16, high=1_000_000, integer=True)),
-            posture_check_s=reader.number("POSTURE_CHECK_S", 60.0, low=0.1, high=86400),
+            metrics_port=reader.optional_int("METRICS_PORT", low=1, high=65535),
+            metrics_host=reader.text("METRICS_HOST") or DEFAULT_HOST,
+            posture_check_s=reader.number("POSTURE_CHECK_S", DEFAULT_POSTURE_CHECK_S, low=0.1, high=86400),
             shutdown_grace_s=reader.number("SHUTDOWN_GRACE_S", 10.0, low=0, high=3600),
             log_level=level,
         )
-
-
-def default_max_waiting(pool_size: int) -> int:
-    """How many requests may queue for a connection by default: 32 per connection, at least 64.
-
-    At a few milliseconds per statement, a connection serves hundreds of requests within the default
-    DB_TIMEOUT_S, so a queue this long still drains in time; a longer one would only make more
-    clients wait DB_TIMEOUT_S for a 503 instead of getting it at once.
-    """
-    return max(64, 32 * pool_size)
 
 
 def jwt_secret_from_env(env: Mapping[str, str] | None = None) -> str | None:
@@ -112,12 +113,26 @@ def jwt_secret_from_env(env: Mapping[str, str] | None = None) -> str | None:
     return env.get("JWT_SECRET") or env.get("BETTER_AUTH_SECRET") or None
 
 
+def require_strong_secret(secret: str, env: Mapping[str, str] | None = None) -> None:
+    """Raise `ConfigError` when `secret` is too short to be an HS256 key (RFC 7518 section 3.2)."""
+    env = os.environ if env is None else env
+    length = len(secret.encode("utf-8", "surrogateescape"))
+    if length < MIN_SECRET_BYTES:
+        name = "JWT_SECRET" if env.get("JWT_SECRET") else "BETTER_AUTH_SECRET"
+        raise ConfigError(f"{name} is {length} bytes; an HS256 secret must be at least {MIN_SECRET_BYTES} bytes "
+                          "(RFC 7518 section 3.2): generate one with `openssl rand -base64 32`")
+
+
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
 
     def text(self, name: str) -> str:
         return self._env.get(name, "").strip()
+
+    def optional_int(self, name: str, *, low: int, high: int) -> int | None:
+        """The integer `name`, or None when it is unset."""
+        return int(self.number(name, 0, low=low, high=high, integer=True)) if self.text(name) else None
 
     def number(self, name: str, default: float, *, low: float, high: float | None = None,
                integer: bool = False) -> float:

@@ -22,7 +22,7 @@ import math
 import time
 import weakref
 from types import TracebackType
-from typing import Any, LiteralString
+from typing import Any
 
 import msgspec
 import psycopg
@@ -33,9 +33,11 @@ from psycopg.pq.abc import PGresult
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
 from . import pipeline
+from .admission import Admission, request_deadline
 from .config import Settings
-from .errors import from_database
+from .errors import ServiceUnavailable, from_database
 from .pipeline import Params, Prepared, Row, Statement
+from .roles import CHECK_RUNTIME_ROLE, RoleUnfit, role_problem
 
 log = logging.getLogger("taskapi.db")
 
@@ -43,57 +45,16 @@ log = logging.getLogger("taskapi.db")
 # API keeps answering 503 once the database is back (issue #6: serving again within 2 s).
 REFILL_INTERVAL_S = 0.5
 
-# Installs the verified identity and the statement timeout for this transaction only. The connection
-# check makes the server notice within a second that a connection was closed under a running statement
-# (a cancelled request closes it: api/pipeline.py) instead of running it to statement_timeout.
+# Installs the verified identity and the statement timeout for this transaction only, and pins its
+# search_path: no function planted in a schema of a database- or role-level search_path runs in a
+# request (issue #9). The connection check makes the server notice within a second that a connection
+# was closed under a running statement (a cancelled request closes it: api/pipeline.py) instead of
+# running it to statement_timeout.
 SET_REQUEST_CONTEXT = Statement(
-    "SELECT set_config('request.jwt.claims', %(claims)s, true),"
-    " set_config('statement_timeout', %(statement_timeout)s, true),"
-    " set_config('client_connection_check_interval', '1000', true)")
-
-# Is this role fit to serve? (CONTRACT.md section 6: the API refuses a role that could bypass RLS.)
-CHECK_RUNTIME_ROLE: LiteralString = """
-    SELECT r.rolsuper,
-           r.rolbypassrls,
-           to_regclass('taskapi.tasks') IS NOT NULL AS migrated,
-           coalesce((SELECT c.relowner = r.oid FROM pg_class c
-                     WHERE c.oid = to_regclass('taskapi.tasks')), false) AS owns_tasks,
-           EXISTS (SELECT 1 FROM pg_roles o WHERE o.rolname = 'taskapi_owner'
-                   AND pg_has_role(r.oid, o.oid, 'MEMBER')) AS owner_member
-    FROM pg_roles r
-    WHERE r.rolname = current_user
-"""
-
-
-# The posture guard (api/posture.py): every problem the database reports about its own isolation
-# (sql/migrations/0002_audit.sql), under the statement timeout like any request.
-LIST_FINDINGS = Statement('SELECT "check", severity, object FROM taskapi_audit.findings()')
-
-
-def _text(value: bytes | None) -> str:
-    return "" if value is None else value.decode()
-
-
-class RoleUnfit(Exception):
-    """The runtime role could bypass row-level security; ``str(exc)`` is a one-line reason."""
-
-
-def role_problem(row: tuple[bool, bool, bool, bool, bool] | None, role: str) -> str | None:
-    """The reason this role must not serve, from a `CHECK_RUNTIME_ROLE` row, or None when fit."""
-    if row is None:
-        return f"cannot read the attributes of role {role}"
-    superuser, bypassrls, migrated, owns_tasks, owner_member = row
-    if superuser:
-        return f"refusing to start: database role {role} is a superuser, which bypasses row-level security"
-    if bypassrls:
-        return f"refusing to start: database role {role} has BYPASSRLS"
-    if not migrated:
-        return "refusing to start: table taskapi.tasks does not exist; run `taskapi migrate` first"
-    if owns_tasks:
-        return f"refusing to start: database role {role} owns taskapi.tasks and could disable its policies"
-    if owner_member:
-        return f"refusing to start: database role {role} is a member of taskapi_owner"
-    return None
+    "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true),"
+    " pg_catalog.set_config('request.jwt.claims', %(claims)s, true),"
+    " pg_catalog.set_config('statement_timeout', %(statement_timeout)s, true),"
+    " pg_catalog.set_config('client_connection_check_interval', '1000', true)")
 
 
 class Database:
@@ -121,14 +82,18 @@ class Database:
             kwargs=kwargs,
             open=False,
             timeout=settings.db_timeout_s,
-            # Bound the queue of requests waiting for a connection: past it they get 503 at once.
-            max_waiting=settings.db_max_waiting,
+            # The queue is bounded by `admission` (api/admission.py), or by DB_MAX_WAITING when set:
+            # past it a request gets 503 at once.
+            max_waiting=settings.db_max_waiting or 0,
             # psycopg_pool's backoff doubles from 1 s, so after a long outage its next attempt could
             # be minutes away. With 0, a failed attempt is retried once at once and then given up
             # (the pool shrinks by one); `_keep_full` grows it back every REFILL_INTERVAL_S.
             reconnect_timeout=0,
             name="taskapi",
         )
+        # Requests admitted to wait for a connection: sized from the measured service rate, unless
+        # DB_MAX_WAITING fixes the queue length (then the pool's max_waiting enforces it).
+        self.admission = Admission(settings.db_pool_size, settings.db_timeout_s, fixed_limit=settings.db_max_waiting)
         self._keeper: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -136,8 +101,7 @@ class Database:
         await self.pool.open(wait=True, timeout=self._timeout)
         async with self.pool.connection() as conn:
             cur = await conn.execute(CHECK_RUNTIME_ROLE)
-            row = await cur.fetchone()
-            problem = role_problem(row, conn.info.user)
+            problem = role_problem(await cur.fetchall(), conn.info.user)
         if problem:
             await self.pool.close()
             raise RoleUnfit(problem)
@@ -160,23 +124,18 @@ class Database:
         """
         return pipeline.first_row(await self._run(user_id, statement, params))
 
-    async def fetch_all(self, user_id: str | None, statement: Statement, params: Params) -> list[Row]:
-        """Like `fetch_one`, but every row."""
-        return pipeline.all_rows(await self._run(user_id, statement, params))
+    async def fetch_all(self, user_id: str | None, statement: Statement, params: Params, *,
+                        statement_timeout_ms: int | None = None) -> list[Row]:
+        """Like `fetch_one`, but every row; `statement_timeout_ms` replaces DB_STATEMENT_TIMEOUT_MS for it."""
+        return pipeline.all_rows(await self._run(user_id, statement, params, statement_timeout_ms))
 
-    async def findings(self) -> list[tuple[str, str, str]]:
-        """`(check, severity, object)` of every finding of ``taskapi_audit.findings()``; none when sound.
-
-        Raises `ApiError` (`ServiceUnavailable` mostly) when the function cannot run.
-        """
-        rows = await self.fetch_all(None, LIST_FINDINGS, {})
-        return [(_text(check), _text(severity), _text(obj)) for check, severity, obj in rows]
-
-    async def _run(self, user_id: str | None, statement: Statement, params: Params) -> PGresult:
+    async def _run(self, user_id: str | None, statement: Statement, params: Params,
+                   statement_timeout_ms: int | None = None) -> PGresult:
         # Only the sub: the policies need nothing else, and nothing else may reach a server log.
         context = {"claims": msgspec.json.encode({"sub": user_id}).decode() if user_id else "",
-                   "statement_timeout": self._statement_timeout}
-        async with _PooledConnection(self.pool, self._timeout) as conn:
+                   "statement_timeout": self._statement_timeout if statement_timeout_ms is None
+                   else str(statement_timeout_ms)}
+        async with _PooledConnection(self.pool, self._timeout, self.admission) as conn:
             prepared = self._prepared.setdefault(conn, set()) if self._prepare else None
             return await pipeline.run(conn, [(SET_REQUEST_CONTEXT, context), (statement, params)],
                                       prepared=prepared, reply_timeout=self._reply_timeout)
@@ -218,6 +177,9 @@ STATE_KEY = "db"
 class _PooledConnection:
     """A live connection from the pool, within DB_TIMEOUT_S; the one place a driver error becomes an `ApiError`.
 
+    A request admitted by api/admission.py waits only until its deadline (DB_TIMEOUT_S from its
+    arrival), and the time it holds the connection is the service time admission sizes the queue by.
+
     The liveness check runs here rather than as the pool's `check`: psycopg_pool sleeps one second
     (then two, four...) after each connection that fails its check, so after a restart of
     PostgreSQL a request meeting a few dead idle connections would run out of DB_TIMEOUT_S. Here a
@@ -225,22 +187,31 @@ class _PooledConnection:
     is taken at once.
     """
 
-    __slots__ = ("_conn", "_pool", "_timeout")
+    __slots__ = ("_admission", "_conn", "_pool", "_taken", "_timeout")
 
-    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]], timeout: float) -> None:
+    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[Any]], timeout: float,
+                 admission: Admission) -> None:
         self._pool = pool
         self._timeout = timeout
+        self._admission = admission
         self._conn: AsyncConnection[Any] | None = None
+        self._taken: float | None = None
 
     async def __aenter__(self) -> AsyncConnection[Any]:
-        deadline = time.monotonic() + self._timeout
+        admitted_until = request_deadline.get()
+        deadline = time.monotonic() + self._timeout if admitted_until is None else admitted_until
         while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ServiceUnavailable("the database is busy, retry shortly")
             try:
-                conn = await self._pool.getconn(timeout=deadline - time.monotonic())
+                conn = await self._pool.getconn(timeout=left)
             except (psycopg.Error, PoolTimeout, TooManyRequests) as exc:
                 raise from_database(exc) from exc
             if pipeline.is_idle_and_sound(conn):
                 self._conn = conn
+                if admitted_until is not None:  # only requests the gate admitted measure the service time
+                    self._taken = self._admission.holding(time.monotonic())
                 return conn
             await conn.close()
             await self._pool.putconn(conn)
@@ -248,6 +219,8 @@ class _PooledConnection:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         assert self._conn is not None
+        if self._taken is not None:
+            self._admission.released(self._taken, time.monotonic())
         try:
             await self._pool.putconn(self._conn)
         except psycopg.Error as pool_exc:  # returning the connection failed: the pool discards it

@@ -71,7 +71,6 @@ def _canonical(value: Any) -> Any:
 # holds them until COMMIT, and a failure rolls it back). lock_timeout keeps a long transaction on the
 # table from queueing every create with a key behind this one.
 EXPIRE_KEYS: tuple[LiteralString, ...] = (
-    "SET LOCAL search_path = pg_catalog, pg_temp",
     "SET LOCAL lock_timeout = '5s'",
     "SET LOCAL ROLE taskapi_owner",
     "ALTER TABLE taskapi.idempotency_keys NO FORCE ROW LEVEL SECURITY",
@@ -87,7 +86,9 @@ def expire_keys(admin_dsn: str) -> int:
     next create. Needs the admin DSN of `taskapi migrate` (a role that may SET ROLE taskapi_owner).
     Raises `psycopg.Error`.
     """
-    with psycopg.connect(admin_dsn, autocommit=True) as conn, conn.transaction():
+    from .migrate import admin_conninfo  # an admin session: search_path pinned from its first statement
+
+    with psycopg.connect(admin_conninfo(admin_dsn), autocommit=True) as conn, conn.transaction():
         deleted = 0
         for statement in EXPIRE_KEYS:
             cursor = conn.execute(statement)

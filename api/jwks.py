@@ -8,6 +8,7 @@ import json
 import logging
 import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -47,8 +48,9 @@ class JwksKeys:
     through one shared task, so concurrent callers wait for the same download.
     """
 
-    def __init__(self, url: str, *, ttl_s: float) -> None:
+    def __init__(self, url: str, *, ttl_s: float, on_fetch: Callable[[bool], None] | None = None) -> None:
         self._url = url
+        self._on_fetch = on_fetch  # told of every download, True when it succeeded (api/metrics.py)
         self._refresh_every = ttl_s * REFRESH_FRACTION
         self._keys: dict[str, PublicKey] = {}
         self._reachable = False  # did the latest fetch succeed?
@@ -106,11 +108,15 @@ class JwksKeys:
             body = await asyncio.to_thread(_download, self._url)
             keys = parse_jwks(body)
         except (OSError, ValueError, RecursionError, http.client.HTTPException) as exc:
+            if self._on_fetch is not None:
+                self._on_fetch(False)
             self._reachable = False
             self._refresh_at = time.monotonic() + min(RETRY_FAILED_S, self._refresh_every)
             log.warning("JWKS %s unreachable (%s); until it answers only the %d cached keys are accepted and "
                         "tokens naming another kid get 503", self._url, _reason(exc), len(self._keys))
         else:
+            if self._on_fetch is not None:
+                self._on_fetch(True)
             if keys.keys() != self._keys.keys() or not self._reachable:
                 log.info("JWKS %s: key ids %s", self._url, ", ".join(sorted(keys)) or "(none)")
             self._keys = keys

@@ -15,6 +15,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -24,15 +25,22 @@ from .auth import caller_of
 
 log = logging.getLogger("taskapi.access")
 
+# The route of a request no route matched (404, 405): the raw path, which may hold ids, is never logged.
+UNMATCHED = "(unmatched)"
 _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 _encode = msgspec.json.Encoder().encode
 
 
-class RequestLog:
-    """ASGI middleware around the app; `app` is the wrapped application."""
+# Told of every answered request: method, route template, status, seconds (api/metrics.py).
+Observer = Callable[[str, str, int, float], None]
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class RequestLog:
+    """ASGI middleware around the app; `app` is the wrapped application, `observe` an optional `Observer`."""
+
+    def __init__(self, app: ASGIApp, *, observe: Observer | None = None) -> None:
         self.app = app
+        self.observe = observe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,6 +52,7 @@ class RequestLog:
         header = (b"x-request-id", request_id.encode())
         status = 500
         logged = False
+        observe = self.observe
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, logged
@@ -53,19 +62,22 @@ class RequestLog:
             elif message["type"] == "http.response.body" and not message.get("more_body") and not logged:
                 # Logged before the last byte leaves, so whoever received the response can find its line.
                 logged = True
-                _log_request(scope, request_id, status, started)
+                _log_request(scope, request_id, status, started, observe)
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
         finally:
             if not logged:
-                _log_request(scope, request_id, status, started)
+                _log_request(scope, request_id, status, started, observe)
 
 
-def _log_request(scope: Scope, request_id: str, status: int, started: float) -> None:
+def _log_request(scope: Scope, request_id: str, status: int, started: float, observe: Observer | None) -> None:
+    seconds = time.perf_counter() - started
+    if observe is not None:
+        observe(scope["method"], scope.get("path_template") or UNMATCHED, status, seconds)
     if log.isEnabledFor(logging.INFO):
-        _write_line(scope, request_id, status, time.perf_counter() - started)
+        _write_line(scope, request_id, status, seconds)
 
 
 def _request_id(scope: Scope) -> str:
@@ -83,6 +95,17 @@ _ID_PREFIX = uuid.uuid4().hex[:16]
 _id_counter = itertools.count(1)
 
 
+def _new_id_prefix() -> None:
+    # granian forks its workers from a process that imported this module: without a new prefix each
+    # worker would hand out the same ids (its counter starts over too).
+    global _ID_PREFIX, _id_counter
+    _ID_PREFIX = uuid.uuid4().hex[:16]
+    _id_counter = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_id_prefix)
+
+
 def _write_line(scope: Scope, request_id: str, status: int, seconds: float) -> None:
     caller = caller_of(scope)
     line = {
@@ -90,7 +113,7 @@ def _write_line(scope: Scope, request_id: str, status: int, seconds: float) -> N
         "level": "info",
         "request_id": request_id,
         "method": scope["method"],
-        "route": scope.get("path_template") or "(unmatched)",
+        "route": scope.get("path_template") or UNMATCHED,
         "status": status,
         "duration_ms": round(seconds * 1000, 3),
         "user": _user_hash(caller.id) if caller else None,

@@ -441,7 +441,7 @@ def _clean_tags(tags: list[str]) -> list[str]:
 
 
 def _clean_due_at(due_at: datetime.datetime | None) -> datetime.datetime | None:
-    """The instant in UTC: RFC 3339 allows offsets up to ±23:59, PostgreSQL's timestamptz input only ±15:59."""
+    """The due date in UTC: RFC 3339 allows offsets up to ±23:59, PostgreSQL's timestamptz input ±15:59."""
     if due_at is None:
         return None
     if not DUE_YEARS[0] <= due_at.year <= DUE_YEARS[1]:

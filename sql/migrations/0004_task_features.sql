@@ -41,11 +41,13 @@ ALTER TABLE taskapi.tasks
     ADD COLUMN tags         text[]   NOT NULL DEFAULT '{}',
     ADD COLUMN recurrence   text,
     ADD COLUMN next_task_id uuid,
-    -- The tags as the `tag` filter and /api/tags compare them, computed once per write, not per row read.
-    ADD COLUMN tag_keys     text[]   NOT NULL GENERATED ALWAYS AS (taskapi.tag_keys(tags)) STORED,
+    -- The tags as the `tag` filter and /api/tags compare them, computed once per write, not per row
+    -- read. Most tasks have no tags: those skip the function call (here and in tasks_tags_valid).
+    ADD COLUMN tag_keys     text[]   NOT NULL
+        GENERATED ALWAYS AS (CASE WHEN tags = '{}' THEN '{}' ELSE taskapi.tag_keys(tags) END) STORED,
     ADD CONSTRAINT tasks_due_at_finite CHECK (isfinite(due_at)),
     ADD CONSTRAINT tasks_priority_known CHECK (priority BETWEEN 1 AND 3),
-    ADD CONSTRAINT tasks_tags_valid CHECK (taskapi.tags_valid(tags)),
+    ADD CONSTRAINT tasks_tags_valid CHECK (tags = '{}' OR taskapi.tags_valid(tags)),
     ADD CONSTRAINT tasks_recurrence_known CHECK (recurrence IN ('daily', 'weekly', 'monthly')),
     ADD CONSTRAINT tasks_recurrence_needs_due_at CHECK (recurrence IS NULL OR due_at IS NOT NULL);
 
