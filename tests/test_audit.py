@@ -157,10 +157,15 @@ def test_the_auditor_reads_tables_and_policies(database: Database):
                               " FROM taskapi_audit.tables").fetchall()
         policies = conn.execute("SELECT policy_name, command, roles, using_expr, with_check_expr"
                                 " FROM taskapi_audit.policies").fetchall()
-    assert tables == [("taskapi.task_counts", True, True, "taskapi_owner", 3),
+    assert tables == [("taskapi.idempotency_keys", True, True, "taskapi_owner", 3),
+                      ("taskapi.task_counts", True, True, "taskapi_owner", 3),
                       ("taskapi.tasks", True, True, "taskapi_owner", 5)]
     identity = "(user_id = ( SELECT taskapi.current_user_id() AS current_user_id))"
     assert policies == [
+        ("idempotency_keys_delete_expired", "DELETE", ["taskapi_app"],
+         "((user_id = ( SELECT taskapi.current_user_id() AS current_user_id)) AND (expires_at <= now()))", None),
+        ("idempotency_keys_insert", "INSERT", ["taskapi_app"], None, identity),
+        ("idempotency_keys_select", "SELECT", ["taskapi_app", "taskapi_auditor"], identity, None),
         ("task_counts_insert", "INSERT", ["taskapi_app"], None, identity),
         ("task_counts_select", "SELECT", ["taskapi_app", "taskapi_auditor"], identity, None),
         ("task_counts_update", "UPDATE", ["taskapi_app"], identity, identity),
