@@ -51,7 +51,7 @@ from bench.pgbench import check_explicit_where, floor_script, run_pgbench
 from bench.stack import ROOT, BenchDatabase, BenchServer
 from bench.wrk import IDLE_LUA, SCENARIOS_LUA, run_wrk
 
-SCENARIOS = ["list", "list_completed", "get", "create", "update", "toggle", "delete", "mix"]
+SCENARIOS = ["list", "list_completed", "get", "create", "update", "toggle", "delete", "mix", "patch_if_match"]
 LIGHT_SCENARIOS = ["list", "get", "create", "update"]
 COLD_SCENARIOS = ["list_cold", "list_jwks"]
 FLOOR = "pgbench floor (RLS, API's SQL)"

@@ -46,6 +46,7 @@ function init(args)
         next_once = thread_id + 1
     end
     math.randomseed(os.time() + thread_id * 7919)
+    nonce = tostring(os.time()) .. "t" .. thread_id
 end
 
 local json = {["Content-Type"] = "application/json"}
@@ -118,6 +119,43 @@ local function delete()
     return wrk.format("DELETE", "/api/tasks/" .. p[2], auth(p[1]))
 end
 
+-- patch_if_match (issue #12): a GET to learn a task's ETag, then a PATCH carrying it in If-Match.
+-- Each thread walks its own slice of the pairs (thread t takes t+1, t+1+step, ...), and every GET's
+-- answer queues one PATCH of that task, taken by whichever of the thread's connections asks next, so
+-- no two requests write the same task at once: any 412 is a real failure of the run (report.lua).
+-- A PATCH's answer is told from a GET's by its title, which carries this run's nonce.
+local if_match_queue, getting, next_if_match_pair = {}, {}, nil  -- nonce: a global set in init
+
+local function patch_if_match()
+    local queued = table.remove(if_match_queue, 1)
+    counter = counter + 1
+    if queued then
+        local headers = auth(queued[1], json)
+        headers["If-Match"] = queued[3]
+        return wrk.format("PATCH", "/api/tasks/" .. queued[2], headers,
+                          '{"title": "im-' .. nonce .. '-' .. counter .. '"}')
+    end
+    next_if_match_pair = (next_if_match_pair or (thread_id + 1 - step)) + step
+    if pairs_list[next_if_match_pair] == nil then next_if_match_pair = thread_id + 1 end
+    local p = pairs_list[next_if_match_pair]
+    getting[p[2]] = p[1]
+    return wrk.format("GET", "/api/tasks/" .. p[2], auth(p[1]))
+end
+
+local count_response = response
+
+function response(status, headers, body)
+    count_response(status, headers, body)
+    if scenario == "patch_if_match" and status == 200 and not body:find("im-" .. nonce .. "-", 1, true) then
+        local id = body:match('"id" : "([%x-]+)"')
+        local token_index = id and getting[id]
+        if token_index and headers["ETag"] then
+            getting[id] = nil
+            table.insert(if_match_queue, {token_index, id, headers["ETag"]})
+        end
+    end
+end
+
 local function mix()
     local r = math.random()
     if r < 0.6 then return list()
@@ -129,7 +167,7 @@ end
 
 local scenarios = {
     list = list, list_cold = list_cold, list_jwks = list_cold, list_completed = list_completed, get = get_one, create = create,
-    update = update, toggle = toggle, delete = delete, mix = mix,
+    update = update, toggle = toggle, delete = delete, mix = mix, patch_if_match = patch_if_match,
 }
 
 function request()
