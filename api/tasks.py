@@ -117,6 +117,10 @@ class TaskChange(msgspec.Struct, forbid_unknown_fields=True):
     openapi_extra: ClassVar[dict[str, Any]] = {"minProperties": 1}
 
 
+# Fields of a task that the server sets: a body that sends one is told so, not "unknown field".
+READ_ONLY_FIELDS = frozenset(Task.__struct_fields__) - frozenset(TaskCreate.__struct_fields__)
+
+
 BodyT = TypeVar("BodyT", bound=msgspec.Struct)
 
 
@@ -133,7 +137,7 @@ class StrictBody(MsgspecDTO[BodyT], Generic[BodyT]):
         try:
             return msgspec.json.decode(value, type=self.model_type, strict=True)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise from_body_error(exc) from None
+            raise from_body_error(exc, self.model_type, read_only=READ_ONLY_FIELDS) from None
 
     @classmethod
     def create_openapi_schema(cls, field_definition: Any, handler_id: str, schema_creator: Any) -> Schema:
