@@ -40,7 +40,8 @@ from api.auth import mint_token
 from api.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
-JWT_SECRET = "test-secret-" + secrets.token_hex(16)
+# 76 bytes: pyjwt warns about an HMAC key shorter than its hash, and the tests sign with HS512 too (64 bytes).
+JWT_SECRET = "test-secret-" + secrets.token_hex(32)
 APP_PASSWORD = "app-" + secrets.token_hex(8)
 AUDITOR_PASSWORD = "auditor-" + secrets.token_hex(8)
 CORS_ORIGIN = "http://localhost:3000"
