@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components, SecurityScheme
 
+from . import docs
 from .errors import ErrorBody, NotReadyBody
 
 _DESCRIPTIONS = {
@@ -47,11 +48,12 @@ def openapi_config(version: str) -> OpenAPIConfig:
         version=version,
         description=("Personal tasks; which rows a caller sees and changes is decided by PostgreSQL "
                      "row-level security. Errors are `{\"error\", \"message\"}` (+ `details`)."),
-        path="/schema",
+        # /schema: the offline docs page (api/docs.py); /schema/openapi.json: this document.
+        openapi_router=docs.docs_router(),
         components=Components(security_schemes={
             "BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT",
                                           description="A JWT whose `sub` is the user id"),
         }),
-        render_plugins=[],
+        render_plugins=docs.render_plugins(),
         create_examples=False,
     )
