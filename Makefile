@@ -6,10 +6,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint typecheck lock
+.PHONY: dev test lint typecheck lock venv
 
 dev: $(VENV)/.installed
 	$(BIN)/taskapi dev
+
+# .venv alone, e.g. to run .venv/bin/taskapi token before make dev.
+venv: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
