@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint typecheck lock venv
+.PHONY: dev test lint typecheck lock venv ts-check
 
 dev: $(VENV)/.installed
 	$(BIN)/taskapi dev
@@ -21,6 +21,10 @@ test: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
+
+# The generated TypeScript client against a `taskapi dev` of its own (needs node and npm; clients/typescript).
+ts-check: $(VENV)/.installed
+	clients/typescript/run
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy --strict api bench
