@@ -153,8 +153,8 @@ def _require_json(request: Request[Any, Any, Any]) -> None:
 
 # /ready: reachable and migrated (up to the audit schema, which the posture guard needs).
 CHECK_READY = Statement(
-    "SELECT to_regclass('taskapi.tasks') IS NOT NULL"
-    " AND to_regprocedure('taskapi_audit.findings()') IS NOT NULL")
+    "SELECT pg_catalog.to_regclass('taskapi.tasks') IS NOT NULL"
+    " AND pg_catalog.to_regprocedure('taskapi_audit.findings()') IS NOT NULL")
 
 
 POSTURE_STATE_KEY = "posture"

@@ -18,6 +18,7 @@ from typing import Any, Literal, LiteralString
 import psycopg
 from psycopg import sql
 
+from .errors import first_line
 from .migrate import APP_ROLE, AUDITOR_ROLE
 
 Status = Literal["ok", "FAIL", "skipped"]
@@ -61,43 +62,53 @@ class AuditReport:
 
 # Who and where this audit runs, and whether this role may become the runtime and auditor roles.
 DESCRIBE_SESSION: LiteralString = """
-    SELECT current_database(), current_user, current_setting('server_version'),
-           EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %(app)s AND pg_has_role(current_user, oid, 'MEMBER')),
-           EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %(auditor)s AND pg_has_role(current_user, oid, 'MEMBER'))
+    SELECT pg_catalog.current_database(), current_user, pg_catalog.current_setting('server_version'),
+           EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %(app)s
+                   AND pg_catalog.pg_has_role(current_user, oid, 'MEMBER')),
+           EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %(auditor)s
+                   AND pg_catalog.pg_has_role(current_user, oid, 'MEMBER'))
 """
 
 LIST_FINDINGS: LiteralString = 'SELECT "check", severity, object, detail, remedy FROM taskapi_audit.findings()'
+# The first statement of the audit's transaction, itself schema-qualified: from here on every name
+# resolves in pg_catalog first and never in a schema another role may create objects in.
+PIN_SEARCH_PATH: LiteralString = "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)"
 
 
 def audit(dsn: str, *, probe: bool = True) -> AuditReport:
     """Run ``findings()`` and, when `probe` and the role allows it, the active probe; change nothing.
 
-    Raises `psycopg.Error` when the database cannot be reached or is not migrated.
+    Everything runs in one transaction that is rolled back, whose first statement pins search_path
+    (`PIN_SEARCH_PATH`): with an administrator's DSN this session has rights worth hijacking, and a
+    transaction-local setting also holds behind a transaction-mode pooler, where a startup option
+    would be refused. Raises `psycopg.Error` when the database cannot be reached or is not migrated.
     """
     with psycopg.connect(dsn, autocommit=True, connect_timeout=10, application_name="taskapi audit") as conn:
-        database, user, version, can_be_app, can_be_auditor = conn.execute(
-            DESCRIBE_SESSION, {"app": APP_ROLE, "auditor": AUDITOR_ROLE}).fetchone()
-        report = AuditReport(database=database, user=user, server_version=version)
-        report.findings = [Finding(*row) for row in conn.execute(LIST_FINDINGS)]
-        if not probe:
-            report.probe_skipped = "not requested (--no-probe)"
-        elif not can_be_app:
-            report.probe_skipped = (f"role {user} cannot SET ROLE {APP_ROLE}; the probe writes as that role, so it "
-                                    "needs DATABASE_ADMIN_URL (or --dsn with the admin DSN)")
-        else:
-            report.probe, report.probe_skipped = run_probe(conn, with_auditor=can_be_auditor)
+        with conn.transaction(force_rollback=True):
+            conn.execute(PIN_SEARCH_PATH)
+            database, user, version, can_be_app, can_be_auditor = _one(conn.execute(
+                DESCRIBE_SESSION, {"app": APP_ROLE, "auditor": AUDITOR_ROLE}))
+            report = AuditReport(database=database, user=user, server_version=version)
+            report.findings = [Finding(*row) for row in conn.execute(LIST_FINDINGS)]
+            if not probe:
+                report.probe_skipped = "not requested (--no-probe)"
+            elif not can_be_app:
+                report.probe_skipped = (f"role {user} cannot SET ROLE {APP_ROLE}; the probe writes as that role, so "
+                                        "it needs DATABASE_ADMIN_URL (or --dsn with the admin DSN)")
+            else:
+                report.probe, report.probe_skipped = run_probe(conn, with_auditor=can_be_auditor)
     return report
 
 
 # The probe's SQL, run as taskapi_app (and taskapi_auditor) exactly as the API's requests are: the
 # identity is the transaction-local setting the policies read (api/db.py, SET_REQUEST_CONTEXT).
-SET_CLAIMS: LiteralString = "SELECT set_config('request.jwt.claims', %(claims)s, true)"
+SET_CLAIMS: LiteralString = "SELECT pg_catalog.set_config('request.jwt.claims', %(claims)s, true)"
 SET_PROBE_TIMEOUT: LiteralString = "SET LOCAL statement_timeout = '10s'"
 INSERT_TASK: LiteralString = "INSERT INTO taskapi.tasks (title) VALUES ('taskapi audit probe') RETURNING id"
 # Rows visible to the caller that are not its own (must be none), and whether its own task is among them.
 COUNT_VISIBLE: LiteralString = """
-    SELECT count(*) FILTER (WHERE user_id IS DISTINCT FROM %(me)s::text),
-           count(*) FILTER (WHERE id = ANY(%(mine)s::uuid[]))
+    SELECT pg_catalog.count(*) FILTER (WHERE user_id IS DISTINCT FROM %(me)s::text),
+           pg_catalog.count(*) FILTER (WHERE id = ANY(%(mine)s::uuid[]))
     FROM taskapi.tasks
 """
 TOUCH_TASKS: LiteralString = "UPDATE taskapi.tasks SET title = title WHERE id = ANY(%(ids)s::uuid[])"
@@ -122,12 +133,12 @@ def run_probe(conn: psycopg.Connection, *, with_auditor: bool) -> tuple[list[Pro
                 with conn.transaction():
                     _set_role(conn, APP_ROLE)
             except psycopg.errors.InsufficientPrivilege as exc:
-                return [], f"cannot SET ROLE {APP_ROLE}: {_first_line(exc)}"
+                return [], f"cannot SET ROLE {APP_ROLE}: {first_line(exc)}"
             conn.execute(SET_PROBE_TIMEOUT)
             tasks = {}
             for label, user in users.items():
                 _set_claims(conn, user)
-                tasks[label] = conn.execute(INSERT_TASK).fetchone()[0]
+                tasks[label] = _one(conn.execute(INSERT_TASK))[0]
             steps.append(ProbeStep(f"{APP_ROLE} creates one task for each synthetic user", "ok"))
             for label, other in (("user A", "user B"), ("user B", "user A")):
                 _set_claims(conn, users[label])
@@ -167,7 +178,7 @@ def run_probe(conn: psycopg.Connection, *, with_auditor: bool) -> tuple[list[Pro
                 steps.append(_changes(conn, f"{label} deletes its own task", DELETE_TASKS, [tasks[label]], 1))
     except psycopg.Error as exc:
         # An unexpected error is a failure of the probe, not of the audit: report it and go on.
-        steps.append(ProbeStep("the probe ran to the end", "FAIL", _first_line(exc)))
+        steps.append(ProbeStep("the probe ran to the end", "FAIL", first_line(exc)))
     return steps, None
 
 
@@ -219,6 +230,12 @@ def render_json(report: AuditReport) -> str:
     return json.dumps(body, indent=2)
 
 
+def _one(cursor: psycopg.Cursor[tuple[Any, ...]]) -> tuple[Any, ...]:
+    row = cursor.fetchone()
+    assert row is not None  # every statement passed here returns exactly one row
+    return row
+
+
 def _set_role(conn: psycopg.Connection, role: str) -> None:
     conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
 
@@ -229,7 +246,7 @@ def _set_claims(conn: psycopg.Connection, user: str | None) -> None:
 
 
 def _sees_only(conn: psycopg.Connection, name: str, user: str | None, mine: list[Any]) -> ProbeStep:
-    foreign, own = conn.execute(COUNT_VISIBLE, {"me": user, "mine": mine}).fetchone()
+    foreign, own = _one(conn.execute(COUNT_VISIBLE, {"me": user, "mine": mine}))
     ok = foreign == 0 and own == len(mine)
     return ProbeStep(name, "ok" if ok else "FAIL",
                      "" if ok else f"{foreign} row(s) of other users visible, {own} of {len(mine)} own")
@@ -250,7 +267,3 @@ def _refused(conn: psycopg.Connection, name: str, statement: LiteralString, para
         return ProbeStep(name, "ok")
     return ProbeStep(name, "FAIL", f"accepted ({cur.rowcount} row(s) affected), expected a refusal (42501)")
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

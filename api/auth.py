@@ -4,10 +4,16 @@ Which key checks a token follows from its header's `alg`, never from anything el
 tokens are checked only against the shared secret, asymmetric ones only against a key source (the
 JWKS of issue #3), so a public key can never be used as an HMAC secret. Verified tokens are cached
 until they expire, so a client that sends the same token repeatedly pays for one verification.
+
+Every token gets a 401, never a 500 (issue #9): the header and the claims the verifier relies on are
+checked for their JSON type and range explicitly, and any other exception raised while verifying a
+token (whatever a library does with a value it did not expect) is a refusal too, logged at DEBUG
+without the token.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,7 +24,9 @@ from jwt.types import Options
 from litestar import Request
 
 from .config import Settings
-from .errors import Unauthorized
+from .errors import AuthUnavailable, Unauthorized
+
+log = logging.getLogger("taskapi.auth")
 
 MAX_TOKEN_LENGTH = 8192
 MAX_SUB_LENGTH = 255
@@ -27,6 +35,9 @@ ASYMMETRIC_ALGORITHMS = frozenset({"EdDSA", "ES256", "ES512", "RS256", "PS256"})
 # A bounded cache of verified tokens; past this size the oldest entry makes room (FIFO), so memory
 # stays bounded (~3 MB) and a burst of new tokens costs the oldest ones a re-verification only.
 TOKEN_CACHE_SIZE = 10_000
+# Time claims (exp, nbf, iat) must be numbers of seconds below this (year 2255), so arithmetic on
+# them stays exact and finite.
+MAX_TIMESTAMP = 2**33
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,16 +123,33 @@ class Verifier:
         return sub
 
     async def _verify(self, token: str) -> tuple[str, float]:
+        """The verified `(sub, exp)` of `token`; raise `Unauthorized` (or `AuthUnavailable`) otherwise."""
+        try:
+            return await self._verify_strictly(token)
+        except (Unauthorized, AuthUnavailable):
+            raise
+        except Exception as exc:  # a value no check above foresaw: still a bad token, never a 500
+            log.debug("token refused: %s while verifying it", type(exc).__name__)
+            raise Unauthorized("token invalid") from None
+
+    async def _verify_strictly(self, token: str) -> tuple[str, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise Unauthorized("malformed token") from None
         alg = header.get("alg")
+        if not isinstance(alg, str):
+            raise Unauthorized("token algorithm not accepted")
+        if not all(isinstance(header.get(name, ""), str) for name in ("typ", "cty", "kid")):
+            raise Unauthorized("malformed token header")
+        if "crit" in header:
+            # RFC 7515 section 4.1.11: extensions the verifier must understand; it understands none.
+            raise Unauthorized("token header names critical extensions")
         if alg in SYMMETRIC_ALGORITHMS and self._secret is not None:
             key: Any = self._secret
         elif alg in ASYMMETRIC_ALGORITHMS and self._key_source is not None:
             kid = header.get("kid")
-            if not isinstance(kid, str) or not kid:
+            if not isinstance(kid, str) or not kid or not _is_text(kid):
                 raise Unauthorized("token has no kid")
             public = await self._key_source.key_for(kid)
             if public is None:
@@ -149,12 +177,33 @@ class Verifier:
         except jwt.PyJWTError:
             raise Unauthorized("token invalid") from None
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_LENGTH or "\x00" in sub:
+        if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_LENGTH or "\x00" in sub or not _is_text(sub):
             raise Unauthorized("token sub must be a string of 1 to 255 characters")
-        exp = claims.get("exp")
-        if not isinstance(exp, int | float):
-            raise Unauthorized("token has no exp")
-        return sub, float(exp)
+        for name in ("exp", "nbf", "iat"):
+            if name in claims and not _is_timestamp(claims[name]):
+                raise Unauthorized(f"token {name} must be a number of seconds")
+        # RFC 7519 section 4.1: the registered claims have these types, checked or not.
+        aud = claims.get("aud", "")
+        if (not isinstance(claims.get("iss", ""), str) or not isinstance(claims.get("jti", ""), str)
+                or not (isinstance(aud, str) or (isinstance(aud, list) and all(isinstance(a, str) for a in aud)))):
+            raise Unauthorized("token claims of the wrong type")
+        return sub, float(claims["exp"])
+
+
+def _is_timestamp(value: object) -> bool:
+    # bool is an int to Python, never a time to JSON; NaN and the infinities compare False. (An int
+    # too large for a float compares fine here, where float() or math.isfinite() would raise.)
+    return isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < MAX_TIMESTAMP
+
+
+def _is_text(value: str) -> bool:
+    """Whether `value` is valid Unicode text: JSON's \\ud800 escapes decode to lone surrogates, which
+    no UTF-8 encoder (the log line, the database driver) accepts."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _bearer_token(authorization: str | None) -> str:

@@ -9,7 +9,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from .config import ConfigError, Settings, jwt_secret_from_env
+from .config import ConfigError, Settings, jwt_secret_from_env, require_strong_secret
+from .errors import first_line
 
 EXIT_CONFIG = 2
 
@@ -17,7 +18,14 @@ EXIT_CONFIG = 2
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="taskapi", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("migrate", help="create roles, apply migrations and policies (DATABASE_ADMIN_URL)")
+    migrate = commands.add_parser(
+        "migrate", help="create roles, apply migrations and policies (DATABASE_ADMIN_URL)",
+        description="Create the roles, apply the migrations and sql/policies/, record the manifest. Roles are shared "
+                    "by every database of the server: a change to a role that another database uses (an "
+                    "attribute, a new password, a membership) is refused unless allowed.")
+    migrate.add_argument("--allow-shared-role-changes", action="store_true",
+                         help="change roles even when another database of the server uses them "
+                              "(also TASKAPI_ALLOW_SHARED_ROLE_CHANGES=1)")
     commands.add_parser("serve", help="run the API against DATABASE_URL")
     commands.add_parser("dev", help="embedded PostgreSQL + migrate + serve, for trying it out")
     audit = commands.add_parser(
@@ -47,27 +55,35 @@ def _migrate(args: argparse.Namespace) -> int:
     if not admin_dsn:
         raise ConfigError("DATABASE_ADMIN_URL is not set: give a DSN allowed to create roles "
                           "(the server's DATABASE_URL is not enough)")
-    return _run_migrate(admin_dsn)
+    allow = args.allow_shared_role_changes or os.environ.get("TASKAPI_ALLOW_SHARED_ROLE_CHANGES", "") in ("1", "true")
+    return _run_migrate(admin_dsn, allow_shared_role_changes=allow)
 
 
-def _run_migrate(admin_dsn: str) -> int:
+def _run_migrate(admin_dsn: str, *, allow_shared_role_changes: bool = False) -> int:
     import psycopg
 
-    from .migrate import migrate
+    from .migrate import SharedRoleChange, migrate
 
     try:
         report = migrate(admin_dsn, app_password=os.environ.get("TASKAPI_APP_PASSWORD") or None,
-                         auditor_password=os.environ.get("TASKAPI_AUDITOR_PASSWORD") or None)
+                         auditor_password=os.environ.get("TASKAPI_AUDITOR_PASSWORD") or None,
+                         allow_shared_role_changes=allow_shared_role_changes)
+    except SharedRoleChange as exc:
+        print(f"taskapi migrate: refused: {exc}", file=sys.stderr)
+        return 1
     except psycopg.Error as exc:
-        print(f"taskapi migrate: failed: {_first_line(exc)}", file=sys.stderr)
+        print(f"taskapi migrate: failed: {first_line(exc)}", file=sys.stderr)
         return 1
     for role in report.roles_created:
         print(f"created role {role}")
     for fix in report.roles_fixed:
         print(f"fixed role {fix}")
+    for change in report.passwords_set:
+        print(f"set password: {change}")
     for migration in report.migrations_applied:
         print(f"applied migration {migration}")
     print(f"applied policies from {', '.join(report.policy_files)}")
+    print(f"recorded the manifest ({report.manifest_entries} entries)")
     return 0
 
 
@@ -85,7 +101,7 @@ def _audit(args: argparse.Namespace) -> int:
         report = audit(dsn, probe=not args.no_probe)
     except psycopg.Error as exc:
         hint = " (run taskapi migrate)" if getattr(exc, "sqlstate", None) in ("42883", "3F000", "42P01") else ""
-        print(f"taskapi audit: cannot audit: {_first_line(exc)}{hint}", file=sys.stderr)
+        print(f"taskapi audit: cannot audit: {first_line(exc)}{hint}", file=sys.stderr)
         return EXIT_CONFIG
     print(render_json(report) if args.json else render_text(report))
     return 0 if report.ok else 1
@@ -166,6 +182,7 @@ def _token(args: argparse.Namespace) -> int:
     secret = jwt_secret_from_env()
     if not secret:
         raise ConfigError("JWT_SECRET (or BETTER_AUTH_SECRET) is not set: it signs the token")
+    require_strong_secret(secret)
     if not args.sub or len(args.sub) > MAX_SUB_LENGTH:
         raise ConfigError("--sub must be 1 to 255 characters")
     if args.ttl < 1:
@@ -173,10 +190,6 @@ def _token(args: argparse.Namespace) -> int:
     print(mint_token(secret, args.sub, ttl_s=args.ttl))
     return 0
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@ from dataclasses import dataclass, field
 
 DEFAULT_PORT = 8000
 DEFAULT_HOST = "127.0.0.1"
+# RFC 7518 section 3.2: an HS256 key must be at least as long as the hash output, 256 bits.
+MIN_SECRET_BYTES = 32
+# How often the posture guard re-runs taskapi_audit.findings() (api/posture.py): a check costs tens of
+# milliseconds of one connection (docs/audit.md, "Cost"), so every 2 s keeps "closed within two
+# checks" to a few seconds.
+DEFAULT_POSTURE_CHECK_S = 2.0
 
 
 class ConfigError(Exception):
@@ -39,7 +45,7 @@ class Settings:
     max_connections: int = 8192
     metrics_port: int | None = None  # None: no metrics (api/metrics.py)
     metrics_host: str = DEFAULT_HOST
-    posture_check_s: float = 60.0
+    posture_check_s: float = DEFAULT_POSTURE_CHECK_S
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
 
@@ -52,6 +58,8 @@ class Settings:
         if require_database and not database_url:
             raise ConfigError("DATABASE_URL is not set: give the runtime DSN (role taskapi_app)")
         secret = jwt_secret_from_env(env)
+        if secret:
+            require_strong_secret(secret, env)
         jwks_url = reader.text("JWT_JWKS_URL")
         if not secret and not jwks_url:
             raise ConfigError("no token verification configured: set JWT_SECRET (or BETTER_AUTH_SECRET) "
@@ -93,7 +101,7 @@ class Settings:
             max_connections=int(reader.number("MAX_CONNECTIONS", 8192, low=16, high=1_000_000, integer=True)),
             metrics_port=reader.optional_int("METRICS_PORT", low=1, high=65535),
             metrics_host=reader.text("METRICS_HOST") or DEFAULT_HOST,
-            posture_check_s=reader.number("POSTURE_CHECK_S", 60.0, low=0.1, high=86400),
+            posture_check_s=reader.number("POSTURE_CHECK_S", DEFAULT_POSTURE_CHECK_S, low=0.1, high=86400),
             shutdown_grace_s=reader.number("SHUTDOWN_GRACE_S", 10.0, low=0, high=3600),
             log_level=level,
         )
@@ -103,6 +111,16 @@ def jwt_secret_from_env(env: Mapping[str, str] | None = None) -> str | None:
     """JWT_SECRET, else BETTER_AUTH_SECRET (the name Better Auth frontends use); used verbatim."""
     env = os.environ if env is None else env
     return env.get("JWT_SECRET") or env.get("BETTER_AUTH_SECRET") or None
+
+
+def require_strong_secret(secret: str, env: Mapping[str, str] | None = None) -> None:
+    """Raise `ConfigError` when `secret` is too short to be an HS256 key (RFC 7518 section 3.2)."""
+    env = os.environ if env is None else env
+    length = len(secret.encode("utf-8", "surrogateescape"))
+    if length < MIN_SECRET_BYTES:
+        name = "JWT_SECRET" if env.get("JWT_SECRET") else "BETTER_AUTH_SECRET"
+        raise ConfigError(f"{name} is {length} bytes; an HS256 secret must be at least {MIN_SECRET_BYTES} bytes "
+                          "(RFC 7518 section 3.2): generate one with `openssl rand -base64 32`")
 
 
 class _Reader:

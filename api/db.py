@@ -22,7 +22,7 @@ import math
 import time
 import weakref
 from types import TracebackType
-from typing import Any, LiteralString
+from typing import Any
 
 import msgspec
 import psycopg
@@ -37,6 +37,7 @@ from .admission import Admission, request_deadline
 from .config import Settings
 from .errors import ServiceUnavailable, from_database
 from .pipeline import Params, Prepared, Row, Statement
+from .roles import CHECK_RUNTIME_ROLE, RoleUnfit, role_problem
 
 log = logging.getLogger("taskapi.db")
 
@@ -44,57 +45,16 @@ log = logging.getLogger("taskapi.db")
 # API keeps answering 503 once the database is back (issue #6: serving again within 2 s).
 REFILL_INTERVAL_S = 0.5
 
-# Installs the verified identity and the statement timeout for this transaction only. The connection
-# check makes the server notice within a second that a connection was closed under a running statement
-# (a cancelled request closes it: api/pipeline.py) instead of running it to statement_timeout.
+# Installs the verified identity and the statement timeout for this transaction only, and pins its
+# search_path: no function planted in a schema of a database- or role-level search_path runs in a
+# request (issue #9). The connection check makes the server notice within a second that a connection
+# was closed under a running statement (a cancelled request closes it: api/pipeline.py) instead of
+# running it to statement_timeout.
 SET_REQUEST_CONTEXT = Statement(
-    "SELECT set_config('request.jwt.claims', %(claims)s, true),"
-    " set_config('statement_timeout', %(statement_timeout)s, true),"
-    " set_config('client_connection_check_interval', '1000', true)")
-
-# Is this role fit to serve? (CONTRACT.md section 6: the API refuses a role that could bypass RLS.)
-CHECK_RUNTIME_ROLE: LiteralString = """
-    SELECT r.rolsuper,
-           r.rolbypassrls,
-           to_regclass('taskapi.tasks') IS NOT NULL AS migrated,
-           coalesce((SELECT c.relowner = r.oid FROM pg_class c
-                     WHERE c.oid = to_regclass('taskapi.tasks')), false) AS owns_tasks,
-           EXISTS (SELECT 1 FROM pg_roles o WHERE o.rolname = 'taskapi_owner'
-                   AND pg_has_role(r.oid, o.oid, 'MEMBER')) AS owner_member
-    FROM pg_roles r
-    WHERE r.rolname = current_user
-"""
-
-
-# The posture guard (api/posture.py): every problem the database reports about its own isolation
-# (sql/migrations/0002_audit.sql), under the statement timeout like any request.
-LIST_FINDINGS = Statement('SELECT "check", severity, object FROM taskapi_audit.findings()')
-
-
-def _text(value: bytes | None) -> str:
-    return "" if value is None else value.decode()
-
-
-class RoleUnfit(Exception):
-    """The runtime role could bypass row-level security; ``str(exc)`` is a one-line reason."""
-
-
-def role_problem(row: tuple[bool, bool, bool, bool, bool] | None, role: str) -> str | None:
-    """The reason this role must not serve, from a `CHECK_RUNTIME_ROLE` row, or None when fit."""
-    if row is None:
-        return f"cannot read the attributes of role {role}"
-    superuser, bypassrls, migrated, owns_tasks, owner_member = row
-    if superuser:
-        return f"refusing to start: database role {role} is a superuser, which bypasses row-level security"
-    if bypassrls:
-        return f"refusing to start: database role {role} has BYPASSRLS"
-    if not migrated:
-        return "refusing to start: table taskapi.tasks does not exist; run `taskapi migrate` first"
-    if owns_tasks:
-        return f"refusing to start: database role {role} owns taskapi.tasks and could disable its policies"
-    if owner_member:
-        return f"refusing to start: database role {role} is a member of taskapi_owner"
-    return None
+    "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true),"
+    " pg_catalog.set_config('request.jwt.claims', %(claims)s, true),"
+    " pg_catalog.set_config('statement_timeout', %(statement_timeout)s, true),"
+    " pg_catalog.set_config('client_connection_check_interval', '1000', true)")
 
 
 class Database:
@@ -141,8 +101,7 @@ class Database:
         await self.pool.open(wait=True, timeout=self._timeout)
         async with self.pool.connection() as conn:
             cur = await conn.execute(CHECK_RUNTIME_ROLE)
-            row = await cur.fetchone()
-            problem = role_problem(row, conn.info.user)
+            problem = role_problem(await cur.fetchall(), conn.info.user)
         if problem:
             await self.pool.close()
             raise RoleUnfit(problem)
@@ -165,22 +124,17 @@ class Database:
         """
         return pipeline.first_row(await self._run(user_id, statement, params))
 
-    async def fetch_all(self, user_id: str | None, statement: Statement, params: Params) -> list[Row]:
-        """Like `fetch_one`, but every row."""
-        return pipeline.all_rows(await self._run(user_id, statement, params))
+    async def fetch_all(self, user_id: str | None, statement: Statement, params: Params, *,
+                        statement_timeout_ms: int | None = None) -> list[Row]:
+        """Like `fetch_one`, but every row; `statement_timeout_ms` replaces DB_STATEMENT_TIMEOUT_MS for it."""
+        return pipeline.all_rows(await self._run(user_id, statement, params, statement_timeout_ms))
 
-    async def findings(self) -> list[tuple[str, str, str]]:
-        """`(check, severity, object)` of every finding of ``taskapi_audit.findings()``; none when sound.
-
-        Raises `ApiError` (`ServiceUnavailable` mostly) when the function cannot run.
-        """
-        rows = await self.fetch_all(None, LIST_FINDINGS, {})
-        return [(_text(check), _text(severity), _text(obj)) for check, severity, obj in rows]
-
-    async def _run(self, user_id: str | None, statement: Statement, params: Params) -> PGresult:
+    async def _run(self, user_id: str | None, statement: Statement, params: Params,
+                   statement_timeout_ms: int | None = None) -> PGresult:
         # Only the sub: the policies need nothing else, and nothing else may reach a server log.
         context = {"claims": msgspec.json.encode({"sub": user_id}).decode() if user_id else "",
-                   "statement_timeout": self._statement_timeout}
+                   "statement_timeout": self._statement_timeout if statement_timeout_ms is None
+                   else str(statement_timeout_ms)}
         async with _PooledConnection(self.pool, self._timeout, self.admission) as conn:
             prepared = self._prepared.setdefault(conn, set()) if self._prepare else None
             return await pipeline.run(conn, [(SET_REQUEST_CONTEXT, context), (statement, params)],

@@ -128,6 +128,12 @@ class AuthUnavailable(ApiError):
         super().__init__(message, headers={"Retry-After": RETRY_AFTER_S})
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for one-line reports."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def validation_error(field: str, message: str) -> BadRequest:
     """A 400 for one field."""
     return BadRequest("the request is not valid", details=[ErrorDetail(field, message)])

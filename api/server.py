@@ -11,8 +11,9 @@ import psycopg
 from . import metrics
 from .admission import CEILING_PER_CONNECTION
 from .config import Settings
-from .db import CHECK_RUNTIME_ROLE, role_problem
+from .errors import first_line
 from .logs import RequestLog, configure_logging
+from .roles import CHECK_RUNTIME_ROLE, role_problem
 
 log = logging.getLogger("taskapi.server")
 
@@ -37,15 +38,13 @@ class StartupError(Exception):
 
 
 def preflight(settings: Settings) -> None:
-    """Refuse to start when the database is unreachable or the role could bypass RLS."""
+    """Refuse to start when the database is unreachable or the role could get past RLS (api/roles.py)."""
     try:
         with psycopg.connect(settings.database_url, connect_timeout=max(1, round(settings.db_timeout_s)),
                              autocommit=True) as conn:
-            row = conn.execute(CHECK_RUNTIME_ROLE).fetchone()
-            problem = role_problem(row, conn.info.user)
+            problem = role_problem(conn.execute(CHECK_RUNTIME_ROLE).fetchall(), conn.info.user)
     except psycopg.Error as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StartupError(f"cannot use DATABASE_URL: {first_line}") from None
+        raise StartupError(f"cannot use DATABASE_URL: {first_line(exc)}") from None
     if problem:
         raise StartupError(problem)
 

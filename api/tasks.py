@@ -375,9 +375,12 @@ def _clean_tags(tags: list[str]) -> list[str]:
 
 
 def _clean_due_at(due_at: datetime.datetime | None) -> datetime.datetime | None:
-    if due_at is not None and not DUE_YEARS[0] <= due_at.year <= DUE_YEARS[1]:
+    """The due date in UTC: RFC 3339 allows offsets up to ±23:59, PostgreSQL's timestamptz input ±15:59."""
+    if due_at is None:
+        return None
+    if not DUE_YEARS[0] <= due_at.year <= DUE_YEARS[1]:
         raise validation_error("due_at", f"the year must be from {DUE_YEARS[0]} to {DUE_YEARS[1]}")
-    return due_at
+    return due_at.astimezone(datetime.UTC)
 
 
 def json_response(body: bytes | None, *, status_code: int = 200,

@@ -1,7 +1,15 @@
 -- wrk script for the many-connections test: every connection stays open (keep-alive) and sends a
 -- list request on average every <delay_ms> milliseconds, at a random moment (uniform in 0..2x), so the
 -- connections do not fire together. Arguments: <data folder> <delay_ms>
+-- Status counting and the BENCH line: report.lua, next to this file.
+
+dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "report.lua")
+
 local delay_ms = 1000
+
+function setup(thread)
+    register_thread(thread)
+end
 
 function init(args)
     tokens = {}

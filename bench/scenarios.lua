@@ -1,21 +1,28 @@
 -- wrk script for `python -m bench`: one scenario per run, requests spread over many users' tokens.
--- Arguments (after `--`): <scenario> <data folder written by bench/run.py> <wrk thread count>
+-- Arguments (after `--`): <scenario> <data folder> <wrk thread count> <first delete index> [<token file>]
 -- The folder holds tokens.txt (one per user), pairs.txt ("<token index> <task id>" of that user's
--- tasks) and deletes.txt (pairs used once each, split between threads so no task is deleted twice).
+-- tasks) and deletes.txt (pairs used once each: thread t takes first, first + threads, ... so no task
+-- is deleted twice; bench/run.py passes the next unused index to the next delete run).
+-- <token file>: for list_cold, tokens used once each (every request's token is one the server has
+-- never seen, so it is verified, not found in the cache).
+-- Status counting and the BENCH line: report.lua, next to this file.
+
+dofile(debug.getinfo(1, "S").source:match("^@(.*/)") .. "report.lua")
 
 local thread_count = 0
 
-function load_data(folder)
-    tokens, pairs_list, deletes = {}, {}, {}
-    for line in io.lines(folder .. "/tokens.txt") do tokens[#tokens + 1] = line end
+local function read_lines(path)
+    local lines = {}
+    for line in io.lines(path) do lines[#lines + 1] = line end
+    return lines
+end
+
+local function load_data(folder)
+    tokens, pairs_list, deletes = read_lines(folder .. "/tokens.txt"), {}, {}
     for name, list in pairs({["pairs.txt"] = pairs_list, ["deletes.txt"] = deletes}) do
-        local file = io.open(folder .. "/" .. name)
-        if file then
-            for line in file:lines() do
-                local user, task = line:match("^(%d+) (%S+)$")
-                if user then list[#list + 1] = {tonumber(user), task} end
-            end
-            file:close()
+        for line in io.lines(folder .. "/" .. name) do
+            local user, task = line:match("^(%d+) (%S+)$")
+            if user then list[#list + 1] = {tonumber(user), task} end
         end
     end
 end
@@ -23,25 +30,30 @@ end
 function setup(thread)
     thread:set("thread_id", thread_count)
     thread_count = thread_count + 1
+    register_thread(thread)
 end
 
-local scenario, next_delete, step
+local scenario, step, next_delete, once_tokens, next_once
 local counter = 0
 
 function init(args)
     scenario = args[1]
     load_data(args[2])
-    step = tonumber(args[3] or "2")
+    step = tonumber(args[3])
+    next_delete = tonumber(args[4]) + thread_id
+    if args[5] then
+        once_tokens = read_lines(args[5])
+        next_once = thread_id + 1
+    end
     math.randomseed(os.time() + thread_id * 7919)
-    next_delete = thread_id + 1
 end
 
 local json = {["Content-Type"] = "application/json"}
 
-local function auth(token_index, extra)
+local function auth(token_index, extra_headers)
     local headers = {["Authorization"] = "Bearer " .. tokens[token_index]}
-    if extra then
-        for k, v in pairs(extra) do headers[k] = v end
+    if extra_headers then
+        for k, v in pairs(extra_headers) do headers[k] = v end
     end
     return headers
 end
@@ -52,6 +64,18 @@ end
 
 local function list()
     return wrk.format("GET", "/api/tasks", auth(math.random(#tokens)))
+end
+
+local function list_cold()
+    local token = once_tokens[next_once]
+    if token == nil then
+        -- out of fresh tokens: reuse (the run no longer measures cold tokens and is marked failed)
+        extra.reused = (extra.reused or 0) + 1
+        next_once = thread_id + 1
+        token = once_tokens[next_once]
+    end
+    next_once = next_once + step
+    return wrk.format("GET", "/api/tasks", {["Authorization"] = "Bearer " .. token})
 end
 
 local function list_completed()
@@ -81,13 +105,16 @@ local function toggle()
 end
 
 local function delete()
-    local p = deletes[next_delete]
+    local index = next_delete
+    local p = deletes[index]
     if p == nil then
-        -- out of prepared tasks: wrap around (these answer 404 and are counted as errors)
-        next_delete = thread_id + 1
-        p = deletes[next_delete]
+        -- out of prepared tasks: wrap around (these answer 404, and the run is marked failed)
+        extra.wrapped = (extra.wrapped or 0) + 1
+        index = thread_id + 1
+        p = deletes[index]
     end
-    next_delete = next_delete + step
+    extra.max_delete = math.max(extra.max_delete or 0, index)
+    next_delete = index + step
     return wrk.format("DELETE", "/api/tasks/" .. p[2], auth(p[1]))
 end
 
@@ -101,8 +128,8 @@ local function mix()
 end
 
 local scenarios = {
-    list = list, list_completed = list_completed, get = get_one, create = create, update = update,
-    toggle = toggle, delete = delete, mix = mix,
+    list = list, list_cold = list_cold, list_jwks = list_cold, list_completed = list_completed, get = get_one, create = create,
+    update = update, toggle = toggle, delete = delete, mix = mix,
 }
 
 function request()

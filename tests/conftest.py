@@ -10,7 +10,10 @@ transaction-mode pooler in front of that server: the runtime and auditor DSNs th
 Databases are still created and migrated directly, with the superuser DSN.
 
 The fault tests stop and start PostgreSQL: they get an embedded server of their own
-(`restartable_pg`), whatever the rest of the session uses.
+(`restartable_pg`), whatever the rest of the session uses. Roles are shared by every database of a
+server, so a test that changes a role (an attribute, a membership, a new role) does it on a server
+this session started itself (`private_cluster`: the embedded one, or with TEST_DATABASE_URL a second,
+embedded server of its own); `cluster_change` refuses any other.
 """
 
 from __future__ import annotations
@@ -42,8 +45,11 @@ from api.migrate import migrate
 ROOT = Path(__file__).resolve().parent.parent
 # 76 bytes: pyjwt warns about an HMAC key shorter than its hash, and the tests sign with HS512 too (64 bytes).
 JWT_SECRET = "test-secret-" + secrets.token_hex(32)
-APP_PASSWORD = "app-" + secrets.token_hex(8)
-AUDITOR_PASSWORD = "auditor-" + secrets.token_hex(8)
+# The same for every session: sessions that share a server (TEST_DATABASE_URL) share the roles, and
+# `taskapi migrate` refuses to change the password of a role another database uses (issue #9). Setting
+# the password a role already has is no change, so every session and database can use these.
+APP_PASSWORD = "taskapi-test-app-password"
+AUDITOR_PASSWORD = "taskapi-test-auditor-password"
 CORS_ORIGIN = "http://localhost:3000"
 SERVER_START_TIMEOUT_S = 30
 
@@ -95,6 +101,24 @@ class Database:
     pooled: bool = False
 
 
+# (host, port) of the servers this session started: the only ones whose roles a test may change.
+_STARTED_HERE: set[tuple[str, str]] = set()
+
+
+def server_of(dsn: str) -> tuple[str, str]:
+    parts = conninfo_to_dict(dsn)
+    return str(parts.get("host") or ""), str(parts.get("port") or "5432")
+
+
+def start_embedded(data_dir: Path) -> tuple[Cluster, object]:
+    """Start an embedded PostgreSQL in `data_dir`; its roles are this session's to change."""
+    from api import embedded
+
+    server = embedded.start(data_dir)
+    _STARTED_HERE.add(server_of(server.dsn()))
+    return Cluster(admin_dsn=server.dsn(), embedded=server), server
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     url = os.environ.get("TEST_DATABASE_URL", "").strip()
@@ -106,14 +130,38 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield Cluster(admin_dsn=url, pooler_url=pooler_url)
         return
     assert pooler_url is None, "TEST_POOLER_URL needs TEST_DATABASE_URL: the pooler must reach the server by TCP"
-    from api import embedded
-
     with embedded_data_dir("taskapi-test-pg-") as data_dir:
-        server = embedded.start(data_dir)
+        started, server = start_embedded(data_dir)
         try:
-            yield Cluster(admin_dsn=server.dsn(), embedded=server)
+            yield started
         finally:
-            server.stop()
+            server.stop()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def private_cluster(cluster: Cluster) -> Iterator[Cluster]:
+    """A server this session started itself, where tests may change the cluster-wide roles.
+
+    The session's embedded server when there is one; with TEST_DATABASE_URL, whose roles other
+    databases (and other test sessions) use, a second, embedded server of its own; or the server of
+    TEST_PRIVATE_DATABASE_URL, which whoever sets it declares to be the tests' own.
+    """
+    private_url = os.environ.get("TEST_PRIVATE_DATABASE_URL", "").strip()
+    if private_url:
+        # A server the caller declares to be the tests' own (e.g. a throwaway PostgreSQL 15), so the
+        # tests that change roles also run on that version.
+        _STARTED_HERE.add(server_of(private_url))
+        yield Cluster(admin_dsn=private_url)
+        return
+    if cluster.embedded is not None:
+        yield cluster
+        return
+    with embedded_data_dir("taskapi-private-pg-") as data_dir:
+        started, server = start_embedded(data_dir)
+        try:
+            yield started
+        finally:
+            server.stop()  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager
@@ -161,12 +209,29 @@ def scratch_database(cluster: Cluster) -> Iterator[Database]:
     cluster.drop_database(db.name)
 
 
+@pytest.fixture
+def private_database(private_cluster: Cluster) -> Iterator[Database]:
+    """A database of its own on `private_cluster`, for tests that change roles (and may break the rest)."""
+    db = new_database(private_cluster, prefix="taskapi_private")
+    yield db
+    private_cluster.drop_database(db.name)
+
+
+def assert_private(admin_dsn: str) -> None:
+    """Fail unless `admin_dsn` is on a server this session started: no test changes the roles of another."""
+    assert server_of(admin_dsn) in _STARTED_HERE, (
+        "this test changes cluster-wide roles: run it on private_cluster / private_database, not on a server "
+        "the tests did not start")
+
+
 @contextlib.contextmanager
 def cluster_change(admin_dsn: str, change: str, revert: str) -> Iterator[None]:
     """Run `change` (e.g. on a cluster-wide role) for the block, and `revert` afterwards, whatever happens.
 
-    Roles are shared by every database of the server, so a test that weakens one must put it back.
+    Roles are shared by every database of the server, so a test that weakens one must put it back,
+    and may do so only on a server this session started (`assert_private`).
     """
+    assert_private(admin_dsn)
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(change)
     try:
@@ -346,9 +411,10 @@ def restartable_pg() -> Iterator[RestartablePostgres]:
     from api import embedded
 
     with embedded_data_dir("taskapi-fault-pg-") as data_dir:
-        server = embedded.start(data_dir)
-        pg = RestartablePostgres(Cluster(admin_dsn=server.dsn(), embedded=server), server.data_dir,
-                                 server.socket_dir)
+        started, _ = start_embedded(data_dir)
+        server = started.embedded
+        assert isinstance(server, embedded.EmbeddedServer)
+        pg = RestartablePostgres(started, server.data_dir, server.socket_dir)
         try:
             yield pg
         finally:
@@ -389,3 +455,33 @@ def timed_get(base_url: str, path: str, headers: dict[str, str]) -> tuple[int, f
     started = time.monotonic()
     response = httpx.get(f"{base_url}{path}", headers=headers, timeout=30)
     return response.status_code, time.monotonic() - started, response
+
+
+# --- servers of a test's own (the overload and shutdown tests) ------------------------------------------
+
+@pytest.fixture(scope="module")
+def module_database(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[Database]:
+    """A database for one test module alone: its tests lock the table and flood or stop their servers,
+    which must not slow down or fail the tests that share the session's `database`."""
+    db = new_database(cluster, prefix=f"taskapi_{request.module.__name__.removeprefix('test_')}")
+    yield db
+    cluster.drop_database(db.name)
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """`start_server(db, port=None, **env)`: a `taskapi serve` of the test's own on `server_env(db, **env)`.
+
+    Each gets its own log file in tmp_path; all still running are stopped (SIGTERM) when the test ends.
+    """
+    started: list[Server] = []
+
+    def start(db: Database, *, port: int | None = None, **env: str) -> Server:
+        log_path = tmp_path / f"serve-{len(started) + 1}.log"
+        srv = Server(env=server_env(db, **env), log_path=log_path, **({"port": port} if port else {}))
+        started.append(srv)
+        return srv.start()
+
+    yield start
+    for srv in reversed(started):
+        srv.stop()

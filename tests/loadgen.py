@@ -46,6 +46,7 @@ class CreateLoad:
         self.keep_alive = keep_alive
         self.path = path
         self.outcomes: list[Outcome] = []
+        self._in_flight: set[str] = set()  # titles of the requests sent and not yet answered
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(user,), daemon=True) for user in self.users]
@@ -66,6 +67,11 @@ class CreateLoad:
         with self._lock:
             return list(self.outcomes)
 
+    def in_flight(self) -> int:
+        """How many clients are inside a request: sent (or sending) it, no outcome yet."""
+        with self._lock:
+            return len(self._in_flight)
+
     def count(self, status: int | None, *, since: float = 0.0) -> int:
         return sum(1 for o in self.snapshot() if o.status == status and o.started >= since)
 
@@ -80,6 +86,8 @@ class CreateLoad:
             while not self._stop.is_set() and time.monotonic() < deadline:
                 title = f"load-{uuid.uuid4().hex}"
                 started = time.monotonic()
+                with self._lock:
+                    self._in_flight.add(title)
                 try:
                     response = client.post(self.path, json={"title": title}, headers={**headers, "X-Request-ID": title})
                 except httpx.HTTPError as exc:
@@ -92,5 +100,6 @@ class CreateLoad:
                                       retry_after=response.headers.get("retry-after"))
                 with self._lock:
                     self.outcomes.append(outcome)
+                    self._in_flight.discard(title)
                 if outcome.status is None or outcome.status >= 500:
                     self._stop.wait(0.02)  # a client backing off a little after a failure, as real ones do

@@ -134,10 +134,23 @@ def test_cached_token_still_expires():
 
 
 def test_better_auth_secret_is_read_when_jwt_secret_is_unset():
-    settings = Settings.from_env({"DATABASE_URL": "x", "BETTER_AUTH_SECRET": "from-better-auth"})
-    assert settings.jwt_secret == "from-better-auth"
-    both = Settings.from_env({"DATABASE_URL": "x", "BETTER_AUTH_SECRET": "b", "JWT_SECRET": "j"})
-    assert both.jwt_secret == "j"
+    better_auth, ours = "from-better-auth-" + "b" * 16, "from-jwt-secret-" + "j" * 16
+    settings = Settings.from_env({"DATABASE_URL": "x", "BETTER_AUTH_SECRET": better_auth})
+    assert settings.jwt_secret == better_auth
+    both = Settings.from_env({"DATABASE_URL": "x", "BETTER_AUTH_SECRET": better_auth, "JWT_SECRET": ours})
+    assert both.jwt_secret == ours
+
+
+@pytest.mark.parametrize("secret, refused", [("x" * 31, True), ("x" * 32, False), ("é" * 16, False),
+                                             ("é" * 15, True), ("", False)])
+def test_a_secret_shorter_than_32_bytes_is_refused(secret, refused):
+    # RFC 7518 section 3.2: an HS256 key of at least 256 bits. Bytes, not characters: é is two in UTF-8.
+    env = {"DATABASE_URL": "x", "JWT_SECRET": secret, "JWT_JWKS_URL": "https://auth.example.com/jwks"}
+    if refused:
+        with pytest.raises(ConfigError, match="at least 32 bytes"):
+            Settings.from_env(env)
+    else:
+        Settings.from_env(env)
 
 
 def test_no_key_configured_is_a_config_error():

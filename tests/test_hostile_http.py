@@ -21,7 +21,10 @@ import pytest
 from conftest import Server, User, make_user, server_env
 
 READ_TIMEOUT_S = 2.0
-SLACK_S = 2.0
+# How late past READ_TIMEOUT_S a cut-off may come on a busy machine. Generous: the bound only tells
+# "cut off by the read timeout" from "allowed to go on" (the slow clients below would take 30 s, and
+# `exchange` waits 15 s at most).
+SLACK_S = 6.0
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +52,11 @@ class Reply:
     body: bytes
     closed: bool
     seconds: float
+    started: float = 0.0  # time.monotonic() when the connection was open and the reader started
+
+    @property
+    def ended(self) -> float:
+        return self.started + self.seconds
 
     def json(self) -> dict[str, object]:
         assert self.headers.get("content-type") == "application/json", self
@@ -86,12 +94,12 @@ def exchange(port: int, *chunks: bytes, delay: float = 0.0, timeout: float = 15.
         closed = done.is_set()
         sock.close()
         reader.join(5)
-    return _parse(bytes(received), closed, seconds)
+    return _parse(bytes(received), closed, seconds, started)
 
 
-def _parse(raw: bytes, closed: bool, seconds: float) -> Reply:
+def _parse(raw: bytes, closed: bool, seconds: float, started: float) -> Reply:
     if not raw:
-        return Reply(None, {}, b"", closed, seconds)
+        return Reply(None, {}, b"", closed, seconds, started)
     head, _, rest = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     headers = {}
@@ -99,7 +107,7 @@ def _parse(raw: bytes, closed: bool, seconds: float) -> Reply:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     length = int(headers.get("content-length", len(rest)))
-    return Reply(int(lines[0].split()[1]), headers, rest[:length], closed, seconds)
+    return Reply(int(lines[0].split()[1]), headers, rest[:length], closed, seconds, started)
 
 
 def request(method: str, path: str, user: User | None, *, body: bytes | None = None,
@@ -215,15 +223,27 @@ def test_deep_huge_or_invalid_json_is_a_400(hostile_server, mallory, body):
 
 # --- slow clients -------------------------------------------------------------------------------
 
-def _health_latencies(base_url: str, stop: threading.Event) -> list[float]:
-    latencies = []
+def _health_checks(base_url: str, stop: threading.Event) -> list[tuple[float, float]]:
+    """GET /health every 0.1 s until `stop`: (started, ended) of each, all answered 200."""
+    checks = []
     with httpx.Client(base_url=base_url, timeout=10) as client:
         while not stop.is_set():
             started = time.monotonic()
             assert client.get("/health").status_code == 200
-            latencies.append(time.monotonic() - started)
+            checks.append((started, time.monotonic()))
             stop.wait(0.1)
-    return latencies
+    return checks
+
+
+def assert_answered_meanwhile(checks: list[tuple[float, float]], replies: list[Reply]) -> None:
+    """/health was answered while every slow client was connected and none cut off yet.
+
+    By order, not by a latency bound: a worker blocked by the slow clients answers nothing in that
+    window (READ_TIMEOUT_S long, ~20 checks), however fast or slow the machine is.
+    """
+    opened, first_cut = max(r.started for r in replies), min(r.ended for r in replies)
+    meanwhile = [c for c in checks if opened <= c[0] and c[1] <= first_cut]
+    assert len(meanwhile) >= 3, f"/health answered {len(meanwhile)} times while the slow clients were connected"
 
 
 @pytest.mark.slow
@@ -232,15 +252,15 @@ def test_slow_bodies_are_cut_off_with_408_and_the_worker_keeps_answering(hostile
     head = request("POST", "/api/tasks", mallory, body=b"", content_length=40)
     stop = threading.Event()
     with ThreadPoolExecutor(max_workers=9) as pool:
-        health = pool.submit(_health_latencies, hostile_server.base_url, stop)
+        health = pool.submit(_health_checks, hostile_server.base_url, stop)
         slow = [pool.submit(exchange, hostile_server.port, head, *[b" "] * 30, delay=1.0) for _ in range(8)]
         replies = [f.result() for f in slow]
         stop.set()
-        latencies = health.result()
+        checks = health.result()
     for reply in replies:
         assert_refused(reply, 408, "request_timeout")
         assert reply.seconds <= READ_TIMEOUT_S + SLACK_S, reply
-    assert len(latencies) >= 5 and max(latencies) < 1.0, f"/health stalled: {max(latencies):.2f}s"
+    assert_answered_meanwhile(checks, replies)
 
 
 @pytest.mark.slow
@@ -249,12 +269,12 @@ def test_slow_headers_are_cut_off_and_the_worker_keeps_answering(hostile_server)
     lines = [b"GET /health HTTP/1.1\r\n"] + [b"X-Slow-%d: 1\r\n" % i for i in range(30)]
     stop = threading.Event()
     with ThreadPoolExecutor(max_workers=5) as pool:
-        health = pool.submit(_health_latencies, hostile_server.base_url, stop)
+        health = pool.submit(_health_checks, hostile_server.base_url, stop)
         slow = [pool.submit(exchange, hostile_server.port, *lines, delay=1.0) for _ in range(4)]
         replies = [f.result() for f in slow]
         stop.set()
-        latencies = health.result()
+        checks = health.result()
     for reply in replies:
         assert_refused(reply)
         assert reply.seconds <= READ_TIMEOUT_S + SLACK_S, reply
-    assert len(latencies) >= 5 and max(latencies) < 1.0, f"/health stalled: {max(latencies):.2f}s"
+    assert_answered_meanwhile(checks, replies)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import psycopg
 import pytest
 
 from conftest import make_user
@@ -102,16 +104,43 @@ def test_many_users_concurrently_see_only_their_own(server):
         assert {t["user_id"] for t in listed["tasks"]} == {user.id}
 
 
-def test_concurrent_toggles_are_each_applied(server, alice):
+TOGGLES = 24
+
+
+def test_concurrent_toggles_are_each_applied(server, database, alice):
+    """TOGGLES concurrent toggles of one task: every one flips it, none is lost.
+
+    Read-then-write in two steps would let two toggles read the same value and write the same
+    result: one flip lost. Ordered by `updated_at` (strictly increasing, see the trigger in
+    0001_tasks.sql), the responses must then show `completed` alternating from the starting value,
+    each flip reported once; a single lost update breaks the alternation (two neighbours agree)
+    and the final value's parity, whatever the number of others.
+    """
     with httpx.Client(base_url=server.base_url, timeout=20) as client:
         task = create(client, alice, "toggle race")
+    clients = [httpx.Client(base_url=server.base_url, timeout=30) for _ in range(TOGGLES)]
+    start = threading.Barrier(TOGGLES)
 
-    def toggle(_):
-        with httpx.Client(base_url=server.base_url, timeout=20) as client:
-            return client.patch(f"/api/tasks/{task['id']}/toggle", headers=alice.headers).status_code
+    def toggle(client: httpx.Client) -> httpx.Response:
+        assert client.get("/health").status_code == 200  # the connection is open before the race starts
+        start.wait(timeout=30)
+        return client.patch(f"/api/tasks/{task['id']}/toggle", headers=alice.headers)
 
-    with ThreadPoolExecutor(max_workers=10) as pool:
-        statuses = list(pool.map(toggle, range(10)))
-    assert statuses == [200] * 10
-    with httpx.Client(base_url=server.base_url, timeout=20) as client:
-        assert client.get(f"/api/tasks/{task['id']}", headers=alice.headers).json()["completed"] is False
+    try:
+        with ThreadPoolExecutor(max_workers=TOGGLES) as pool:
+            responses = list(pool.map(toggle, clients))
+    finally:
+        for client in clients:
+            client.close()
+    assert [r.status_code for r in responses] == [200] * TOGGLES, [r.text for r in responses]
+    chain = sorted((r.json() for r in responses), key=lambda t: t["updated_at"])
+    stamps = [t["updated_at"] for t in chain]
+    assert len(set(stamps)) == TOGGLES, f"two toggles reported the same update: {stamps}"
+    assert stamps[0] > task["updated_at"]
+    flips = [t["completed"] for t in chain]
+    assert flips == [i % 2 == 0 for i in range(TOGGLES)], f"a toggle was lost (completed in update order): {flips}"
+    with psycopg.connect(database.admin_dsn) as conn:  # the row itself, past RLS
+        (row,) = conn.execute("SELECT taskapi.task_json(t) FROM taskapi.tasks AS t WHERE t.id = %s",
+                              [task["id"]]).fetchone()
+    assert row == chain[-1], "the stored row is not the last toggle's result"
+    assert row["completed"] is (TOGGLES % 2 == 1)

@@ -13,6 +13,7 @@ import httpx
 import psycopg
 import pytest
 
+from api.migrate import migrate
 from conftest import Server, make_user, server_env, wait_until
 
 
@@ -56,13 +57,15 @@ def test_unmatched_and_refused_requests_are_logged_too(http, server):
 def test_a_500_never_reaches_the_client_and_is_logged_with_its_request_id(scratch_database, tmp_path):
     """An error no SQLSTATE maps (a trigger raising XX000) is a bare 500 for the client, a traceback in the log."""
     with psycopg.connect(scratch_database.admin_dsn, autocommit=True) as conn:
-        # As the owner, so the posture guard (issue #4) sees no foreign object and lets /api serve.
+        # As the owner, and recorded by migrate as a migration's would be, so the posture guard
+        # (issues #4, #9) sees nothing it was not told about and lets /api serve.
         conn.execute("SET ROLE taskapi_owner")
         conn.execute("""
             CREATE FUNCTION taskapi.boom() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN RAISE EXCEPTION 'secret-internal-detail' USING ERRCODE = 'XX000'; END $$;
             CREATE TRIGGER boom BEFORE INSERT ON taskapi.tasks FOR EACH ROW EXECUTE FUNCTION taskapi.boom();
         """)
+    migrate(scratch_database.admin_dsn)
     srv = Server(env=server_env(scratch_database), log_path=tmp_path / "serve.log").start()
     user = make_user("boom")
     request_id = f"boom-{uuid.uuid4().hex}"

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from conftest import JWT_SECRET, ROOT, cluster_change, free_port, server_env
+from conftest import JWT_SECRET, ROOT, cluster_change, embedded_data_dir, free_port, server_env
 
 
 def serve(env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -57,15 +57,47 @@ def test_superuser_role_is_refused(cluster, database):
     assert_refused(serve({**server_env(database), "DATABASE_URL": database.admin_dsn}), "superuser")
 
 
-def test_bypassrls_role_is_refused(cluster, database):
-    with cluster_change(database.admin_dsn, "ALTER ROLE taskapi_app BYPASSRLS", "ALTER ROLE taskapi_app NOBYPASSRLS"):
-        assert_refused(serve(server_env(database)), "BYPASSRLS")
+def test_bypassrls_role_is_refused(private_database):
+    with cluster_change(private_database.admin_dsn, "ALTER ROLE taskapi_app BYPASSRLS",
+                        "ALTER ROLE taskapi_app NOBYPASSRLS"):
+        assert_refused(serve(server_env(private_database)), "BYPASSRLS")
 
 
-def test_member_of_owner_role_is_refused(database):
-    with cluster_change(database.admin_dsn, "GRANT taskapi_owner TO taskapi_app",
+def test_member_of_owner_role_is_refused(private_database):
+    with cluster_change(private_database.admin_dsn, "GRANT taskapi_owner TO taskapi_app",
                         "REVOKE taskapi_owner FROM taskapi_app"):
-        assert_refused(serve(server_env(database)), "taskapi_owner")
+        assert_refused(serve(server_env(private_database)), "taskapi_owner")
+
+
+# The start-up check covers what findings() checks about the runtime role (issue #9): every attribute
+# that reaches past the policies, and every role it can become, however indirectly.
+@pytest.mark.parametrize("change, revert, needle", [
+    ("ALTER ROLE taskapi_app CREATEROLE", "ALTER ROLE taskapi_app NOCREATEROLE", "CREATEROLE"),
+    ("ALTER ROLE taskapi_app REPLICATION", "ALTER ROLE taskapi_app NOREPLICATION", "REPLICATION"),
+    ("ALTER ROLE taskapi_app CREATEDB", "ALTER ROLE taskapi_app NOCREATEDB", "CREATEDB"),
+    ("GRANT pg_read_server_files TO taskapi_app", "REVOKE pg_read_server_files FROM taskapi_app",
+     "member of pg_read_server_files"),
+    ("GRANT pg_read_all_data TO taskapi_app", "REVOKE pg_read_all_data FROM taskapi_app", "member of pg_read_all_data"),
+    ("CREATE ROLE startup_middle NOINHERIT; GRANT taskapi_owner TO startup_middle; GRANT startup_middle TO taskapi_app",
+     "DROP ROLE startup_middle", "member of"),
+], ids=["createrole", "replication", "createdb", "read-server-files", "read-all-data", "indirect-noinherit"])
+def test_every_way_past_the_policies_is_refused(private_database, change, revert, needle):
+    with cluster_change(private_database.admin_dsn, change, revert):
+        assert_refused(serve(server_env(private_database)), needle)
+
+
+def test_a_weak_secret_is_refused_in_one_line(database):
+    assert_refused(serve({**server_env(database), "JWT_SECRET": "too-short-a-secret"}), "JWT_SECRET", "32 bytes")
+    env = {k: v for k, v in server_env(database).items() if k != "JWT_SECRET"}
+    assert_refused(serve({**env, "BETTER_AUTH_SECRET": "x" * 31}), "BETTER_AUTH_SECRET", "31 bytes")
+
+
+def test_token_command_refuses_a_weak_secret():
+    env = {**os.environ, "JWT_SECRET": "short"}
+    result = subprocess.run([sys.executable, "-m", "api.cli", "token", "--sub", "x"], env=env, cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "32 bytes" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_owner_of_the_table_is_refused(scratch_database):
@@ -104,14 +136,21 @@ def test_token_command_without_secret_is_one_line():
 
 
 @pytest.mark.slow
-def test_dev_runs_on_embedded_postgres_and_its_banner_works_pasted_into_a_shell(tmp_path):
+def test_dev_runs_on_embedded_postgres_and_its_banner_works_pasted_into_a_shell():
     """`taskapi dev` from nothing: embedded PostgreSQL, migrate, serve; the banner's lines, run by bash as
     printed, create and list alice's task, show bob none, and answer bob's read of it with 403; every curl
     output ends with a newline; nothing prints a warning; the docs page it names answers."""
+    # Not under tmp_path: another pytest session resets /tmp/pytest-of-root to 0700 and the server,
+    # run as `embedded_postgres`, loses its data directory (see conftest.embedded_data_dir).
+    with embedded_data_dir("taskapi-dev-") as pgdata:
+        run_dev(pgdata.parent)
+
+
+def run_dev(data_dir):
     port = free_port()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DATABASE_", "JWT_", "BETTER_AUTH_", "TEST_DATABASE", "XDG_RUNTIME_DIR"))}
-    env.update({"PORT": str(port), "TASKAPI_DATA_DIR": str(tmp_path / "dev")})
+    env.update({"PORT": str(port), "TASKAPI_DATA_DIR": str(data_dir)})
     process = subprocess.Popen([sys.executable, "-m", "api.cli", "dev"], env=env, cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
@@ -156,4 +195,4 @@ def test_dev_runs_on_embedded_postgres_and_its_banner_works_pasted_into_a_shell(
     log = "".join(output)
     assert process.returncode == 0, log
     assert not re.search(r"\w+Warning\b", log), log  # a Python warning (RuntimeDirWarning, ...)
-    assert not (tmp_path / "dev" / "pgdata" / "postmaster.pid").exists(), "embedded PostgreSQL left running"
+    assert not (data_dir / "pgdata" / "postmaster.pid").exists(), "embedded PostgreSQL left running"

@@ -31,6 +31,14 @@ def test_every_field_round_trips_and_due_at_comes_back_in_utc(http, alice):
     assert changed["title"] == "all"
 
 
+def test_any_rfc3339_offset_is_accepted(http, alice):
+    # PostgreSQL's own input stops at ±15:59; RFC 3339 goes to ±23:59 (schemathesis found it).
+    task = create(http, alice, title="far east", due_at="2700-11-29T02:17:18+19:56")
+    assert task["due_at"] == "2700-11-28T06:21:18.000000Z"
+    assert create(http, alice, title="far west", due_at="2026-01-01T00:00:00-23:59")["due_at"] == (
+        "2026-01-01T23:59:00.000000Z")
+
+
 def test_tags_repeated_ignoring_case_are_kept_once_as_first_written(http, alice):
     assert create(http, alice, title="t", tags=["Milk", "milk", " MILK ", "eggs"])["tags"] == ["Milk", "eggs"]
 

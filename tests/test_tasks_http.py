@@ -43,7 +43,7 @@ def test_create_returns_the_task_with_location(http, alice):
     assert response.status_code == 201
     task = response.json()
     assert set(task) == TASK_FIELDS
-    assert uuid.UUID(task["id"])
+    assert str(uuid.UUID(task["id"])) == task["id"]  # the canonical form: lower-case hex, hyphenated
     assert task["title"] == "Buy milk"
     assert task["description"] == "2 litres"
     assert task["completed"] is False
@@ -109,8 +109,9 @@ def test_create_rejects_bodies_that_are_not_a_json_object(http, alice, content):
 
 def test_nothing_is_stored_when_validation_fails(http):
     user = make_user()
-    http.post("/api/tasks", json={"title": "ok", "completed": "yes"}, headers=user.headers)
-    http.post("/api/tasks", json={"title": "a" * 300}, headers=user.headers)
+    assert_validation(http.post("/api/tasks", json={"title": "ok", "completed": "yes"}, headers=user.headers),
+                      "completed")
+    assert_validation(http.post("/api/tasks", json={"title": "a" * 300}, headers=user.headers), "title")
     assert http.get("/api/tasks", headers=user.headers).json() == {"tasks": [], "total_count": 0, "next_cursor": None}
 
 

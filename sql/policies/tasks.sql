@@ -1,4 +1,6 @@
 -- Row-level security for taskapi.tasks: the whole of who may see and change which task.
+-- Every function call is schema-qualified, and migrate runs this with search_path pinned to
+-- pg_catalog, pg_temp: nothing another role creates can stand in for what is named here.
 -- Applied by `taskapi migrate` as taskapi_owner after the migrations, in one transaction, every time:
 -- it first drops every policy on the table, so a policy added or edited by hand does not survive a
 -- migrate, and it re-asserts RLS, the grants and the revokes. Safe to run any number of times.
@@ -14,7 +16,7 @@ BEGIN
     FOR p IN SELECT policyname FROM pg_catalog.pg_policies
              WHERE schemaname = 'taskapi' AND tablename = 'tasks'
     LOOP
-        EXECUTE format('DROP POLICY %I ON taskapi.tasks', p.policyname);
+        EXECUTE pg_catalog.format('DROP POLICY %I ON taskapi.tasks', p.policyname);
     END LOOP;
 END
 $$;

@@ -1,12 +1,28 @@
 -- The isolation posture of schema taskapi, asserted with pgTAP's catalog functions: which policies
 -- exist, for which command and roles; which privileges each role holds; which function looks past
--- row-level security; and that taskapi_audit.findings() agrees (no rows). Reads only.
+-- row-level security; that the manifest taskapi migrate recorded still holds and nothing outside
+-- the schemas reaches into them (issue #9); and that taskapi_audit.findings() agrees (no rows).
+-- Reads only. The syntax is kept to plain SELECTs of pgTAP's basic functions (ok, is, is_empty,
+-- isnt_empty): CI runs this against PostgreSQL 15 with pg_prove.
 -- Run: tests/sql/run-pgtap <superuser DSN>, or pg_prove -d <DSN> tests/sql/*.sql (docs/audit.md).
 
 BEGIN;
-SELECT plan(39);
+SELECT plan(57);
 
-SELECT tables_are('taskapi', ARRAY['tasks'], 'schema taskapi holds only the tasks table');
+SELECT tables_are('taskapi', ARRAY['task_counts', 'tasks'], 'schema taskapi holds only the tasks and their counts');
+SELECT table_owner_is('taskapi', 'task_counts', 'taskapi_owner', 'taskapi.task_counts belongs to taskapi_owner');
+SELECT ok((SELECT relrowsecurity AND relforcerowsecurity FROM pg_catalog.pg_class
+           WHERE oid = 'taskapi.task_counts'::regclass),
+          'taskapi.task_counts has row-level security enabled and forced');
+SELECT policies_are('taskapi', 'task_counts', ARRAY['task_counts_select', 'task_counts_insert', 'task_counts_update'],
+                    'taskapi.task_counts has exactly its three policies (no DELETE: nobody may)');
+SELECT table_privs_are('taskapi', 'task_counts', 'taskapi_app', ARRAY['SELECT', 'INSERT', 'UPDATE'],
+                       'taskapi_app may read and move counts, never delete them');
+SELECT table_privs_are('taskapi', 'task_counts', 'taskapi_auditor', ARRAY['SELECT'],
+                       'taskapi_auditor may only SELECT on taskapi.task_counts');
+SELECT table_privs_are('taskapi', 'task_counts', 'public', ARRAY[]::text[],
+                       'PUBLIC holds nothing on taskapi.task_counts');
+SELECT is((SELECT count(*)::int FROM taskapi_audit.findings()), 0, 'findings() is empty on a fresh migrate');
 SELECT table_owner_is('taskapi', 'tasks', 'taskapi_owner', 'taskapi.tasks belongs to taskapi_owner');
 SELECT ok((SELECT relrowsecurity FROM pg_catalog.pg_class WHERE oid = 'taskapi.tasks'::regclass),
           'taskapi.tasks has row-level security enabled');
@@ -84,6 +100,44 @@ SELECT is((SELECT array_agg(p.oid::regprocedure::text) FROM pg_catalog.pg_proc p
 SELECT is_empty($$SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                   WHERE n.nspname = 'taskapi' AND c.relkind IN ('v', 'm', 'f')$$,
                 'schema taskapi has no view, materialized view or foreign table');
+
+-- The allow-list (issue #9): what taskapi migrate recorded is what the catalogs say now, and nothing
+-- outside the taskapi schemas reaches into them.
+SELECT isnt_empty('SELECT 1 FROM taskapi_audit.manifest', 'taskapi migrate recorded a manifest');
+SELECT is_empty($$SELECT kind, object, definition FROM taskapi_audit.live_manifest()
+                  EXCEPT SELECT kind, object, definition FROM taskapi_audit.manifest$$,
+                'nothing that defines isolation was added or changed since taskapi migrate recorded it');
+SELECT is_empty($$SELECT kind, object, definition FROM taskapi_audit.manifest
+                  EXCEPT SELECT kind, object, definition FROM taskapi_audit.live_manifest()$$,
+                'nothing taskapi migrate recorded is gone or different');
+SELECT is_empty($$SELECT r.rolname FROM pg_catalog.pg_roles r
+                  WHERE r.rolname <> 'taskapi_app' AND pg_catalog.pg_has_role('taskapi_app', r.oid, 'MEMBER')$$,
+                'taskapi_app can become no other role, predefined roles included');
+SELECT is_empty($$SELECT r.rolname FROM pg_catalog.pg_roles r
+                  WHERE r.rolname <> 'taskapi_auditor'
+                    AND pg_catalog.pg_has_role('taskapi_auditor', r.oid, 'MEMBER')$$,
+                'taskapi_auditor can become no other role, predefined roles included');
+SELECT is_empty($$SELECT rolname FROM pg_catalog.pg_roles
+                  WHERE rolname IN ('taskapi_app', 'taskapi_auditor')
+                    AND (rolcreaterole OR rolcreatedb OR rolreplication)$$,
+                'neither login role has CREATEROLE, CREATEDB or REPLICATION');
+SELECT is_empty($$SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
+                  WHERE (d.refclassid, d.refobjid) IN (SELECT classid, objid FROM taskapi_audit.own_objects())
+                    AND (d.classid, d.objid) NOT IN (SELECT classid, objid FROM taskapi_audit.own_objects())$$,
+                'no object outside the taskapi schemas depends on theirs (views, foreign keys, children...)');
+SELECT is_empty($$SELECT p.oid FROM pg_catalog.pg_proc p
+                  JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                  WHERE p.prosecdef AND n.nspname NOT IN ('taskapi', 'taskapi_audit', 'taskapi_meta')
+                    AND (pg_catalog.has_function_privilege('taskapi_app', p.oid, 'EXECUTE')
+                         OR pg_catalog.has_function_privilege('taskapi_auditor', p.oid, 'EXECUTE'))$$,
+                'no SECURITY DEFINER function elsewhere may be run by a login role');
+SELECT is_empty($$SELECT pubname FROM pg_catalog.pg_publication p
+                  WHERE p.puballtables
+                     OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables t
+                                WHERE t.pubname = p.pubname AND t.schemaname = 'taskapi')$$,
+                'no publication sends the tasks anywhere');
+SELECT is_empty('SELECT evtname FROM pg_catalog.pg_event_trigger', 'no event trigger runs inside DDL');
+SELECT is_empty($$SELECT umuser FROM pg_catalog.pg_user_mappings$$, 'no user mapping carries credentials');
 
 -- And the database's own verdict.
 SELECT is_empty('SELECT * FROM taskapi_audit.findings()', 'taskapi_audit.findings() returns no rows');
