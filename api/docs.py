@@ -20,7 +20,7 @@ from typing import Any
 from litestar import Request, Response, Router, get
 from litestar.datastructures import ResponseHeader
 from litestar.enums import MediaType
-from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin
+from litestar.openapi.plugins import OpenAPIRenderPlugin
 
 from .errors import ErrorBody, NotFound
 
@@ -125,11 +125,6 @@ def docs_router() -> Router:
     return Router(DOCS_PATH, route_handlers=[], include_in_schema=False, after_request=_json_not_found,
                   response_headers=[ResponseHeader(name="Content-Security-Policy", value=CONTENT_SECURITY_POLICY),
                                     ResponseHeader(name="X-Content-Type-Options", value="nosniff")])
-
-
-def render_plugins() -> list[OpenAPIRenderPlugin]:
-    """The page first: Litestar serves its default plugin at the router's root, /schema."""
-    return [SwaggerPage(), JsonRenderPlugin()]
 
 
 async def _json_not_found(response: Response[Any]) -> Response[Any]:

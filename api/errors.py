@@ -27,16 +27,25 @@ log = logging.getLogger("taskapi.errors")
 class ErrorDetail(msgspec.Struct):
     """One problem with one field of a request."""
 
-    field: str
-    message: str
+    field: Annotated[str, msgspec.Meta(description="The field: `title`, `tags[2]`, a query parameter, or `body`.")]
+    message: Annotated[str, msgspec.Meta(description="The rule it broke, e.g. `must be a boolean`.")]
+
+
+# Every code an error body may carry; stable, never reused (CONTRACT.md section 4).
+ERROR_CODES = ("validation_error", "unauthorized", "forbidden", "not_found", "method_not_allowed", "request_timeout",
+               "idempotency_key_in_flight", "precondition_failed", "payload_too_large", "unsupported_media_type",
+               "idempotency_key_reused", "headers_too_large", "internal_error", "service_unavailable",
+               "auth_unavailable")
 
 
 class ErrorBody(msgspec.Struct, omit_defaults=True):
     """The body of every error response."""
 
-    error: str
-    message: str
-    details: list[ErrorDetail] | None = None
+    error: Annotated[str, msgspec.Meta(
+        description="A stable code: " + ", ".join(f"`{code}`" for code in ERROR_CODES) + ".")]
+    message: Annotated[str, msgspec.Meta(description="For people; may change between versions.")]
+    details: Annotated[list[ErrorDetail], msgspec.Meta(
+        description="With `validation_error`: each field and what is wrong with it.")] | None = None
 
 
 class NotReadyBody(ErrorBody, omit_defaults=True):

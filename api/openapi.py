@@ -1,11 +1,16 @@
-"""OpenAPI pieces shared by the handlers: the error responses and the bearer scheme."""
+"""OpenAPI pieces shared by the handlers: the error responses, the bearer scheme, the served document."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
+from litestar import Litestar, Request
 from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
-from . import docs
+from . import docs, document
 from .errors import ErrorBody, NotReadyBody
 
 _DESCRIPTIONS = {
@@ -54,6 +59,30 @@ def openapi_config(version: str) -> OpenAPIConfig:
             "BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT",
                                           description="A JWT whose `sub` is the user id"),
         }),
-        render_plugins=docs.render_plugins(),
+        # The docs page first: Litestar serves its default plugin at the router's root, /schema.
+        render_plugins=[docs.SwaggerPage(), FinishedDocument()],
         create_examples=False,
     )
+
+
+class FinishedDocument(JsonRenderPlugin):
+    """/schema/openapi.json: Litestar's document finished by api/document.py, encoded once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body: bytes | None = None
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        if self.body is None:
+            self.body = msgspec.json.encode(document.finish(openapi_schema))
+        return self.body
+
+
+def finish_document(app: Litestar) -> dict[str, Any]:
+    """Build the served document now, at start: a route the tables of api/document.py do not describe
+    fails here (KeyError), not on the first request for the document."""
+    assert app.openapi_config is not None
+    (plugin,) = [p for p in app.openapi_config.render_plugins if isinstance(p, FinishedDocument)]
+    finished = document.finish(app.openapi_schema.to_schema())
+    plugin.body = msgspec.json.encode(finished)
+    return finished

@@ -16,6 +16,7 @@ const addFormats = ((addFormatsModule as unknown as { default?: unknown }).defau
 
 interface Header {
   required?: boolean;
+  $ref?: string;
 }
 interface MediaTypeObject {
   schema?: unknown;
@@ -31,11 +32,21 @@ interface Operation {
 export interface OpenAPIDocument {
   openapi: string;
   paths: Record<string, Record<string, Operation>>;
+  components?: { headers?: Record<string, Header> };
 }
 
 /** An answer the document does not describe. */
 export class Mismatch extends Error {
   override name = "Mismatch";
+}
+
+/** A header object, or the one a `#/components/headers/...` reference names. */
+function resolveHeader(document: OpenAPIDocument, header: Header): Header {
+  if (header.$ref === undefined) return header;
+  const name = header.$ref.replace("#/components/headers/", "");
+  const found = document.components?.headers?.[name];
+  if (found === undefined) throw new Mismatch(`unresolvable header reference ${header.$ref}`);
+  return found;
 }
 
 /** Fetches the document the server serves. */
@@ -60,7 +71,8 @@ export function conformance(document: OpenAPIDocument): { middleware: Middleware
       const name = `${operation.operationId ?? `${request.method} ${schemaPath}`} -> ${response.status}`;
       const documented = operation.responses[String(response.status)];
       if (documented === undefined) throw new Mismatch(`${name}: status not documented`);
-      for (const [header, spec] of Object.entries(documented.headers ?? {})) {
+      for (const [header, declared] of Object.entries(documented.headers ?? {})) {
+        const spec = resolveHeader(document, declared);
         if (spec.required && !response.headers.has(header)) throw new Mismatch(`${name}: no ${header} header`);
       }
       const text = await response.clone().text();
