@@ -184,7 +184,13 @@ def new_database(cluster: Cluster, prefix: str = "taskapi_test") -> Database:
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     cluster.create_database(name)
     admin = cluster.dsn(dbname=name)
-    migrate(admin, app_password=APP_PASSWORD, auditor_password=AUDITOR_PASSWORD)
+    try:
+        migrate(admin, app_password=APP_PASSWORD, auditor_password=AUDITOR_PASSWORD)
+    except BaseException:
+        # No fixture will drop it: on a shared server a leftover database keeps the roles "in use"
+        # by another database, and the next run's migrate would refuse to set their passwords.
+        cluster.drop_database(name)
+        raise
     return Database(
         name=name,
         admin_dsn=admin,
