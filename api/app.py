@@ -23,6 +23,7 @@ from .config import Settings
 from .db import STATE_KEY as DB_STATE_KEY
 from .db import Database, current_database
 from .errors import EXCEPTION_HANDLERS, ErrorBody, Forbidden, ServiceUnavailable, UnsupportedMediaType, respond
+from .head import HeadAsGet
 from .jwks import JwksKeys
 from .limits import MAX_BODY_BYTES, RequestLimits
 from .logs import RequestLog
@@ -75,11 +76,15 @@ def create_app(settings: Settings) -> RequestLog:
                     before_request=authenticate, security=[{"BearerToken": []}], tags=["tasks (by user id)"])
     cors = None
     if settings.cors_origins:
+        # Exactly the headers this API reads and sends (CONTRACT.md section 5): a browser script may send
+        # the conditional and retry headers, and read the validators, the new task's address, the
+        # request id, when to retry, and the next page.
         cors = CORSConfig(
             allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "If-Match", "X-Request-ID"],
-            expose_headers=["Location", "ETag", "X-Request-ID"],
+            allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Match", "Idempotency-Key",
+                           "X-Request-ID"],
+            expose_headers=["ETag", "Location", "X-Request-ID", "Retry-After", "Link"],
             max_age=600,
         )
     app = Litestar(
@@ -95,11 +100,12 @@ def create_app(settings: Settings) -> RequestLog:
     )
     finish_document(app)  # the served OpenAPI document, complete (api/document.py), or no start at all
     # RequestLog outermost, so even a request refused by admission or RequestLimits has its id and its
-    # log line; admission before anything reads the request, so refusing one costs next to nothing.
+    # log line; admission before anything reads the request, so refusing one costs next to nothing;
+    # HeadAsGet innermost, so that everything else sees the method the client sent.
     # Litestar's __call__ is typed with its own TypedDict scopes; at the ASGI boundary both are plain dicts.
     inner = cast(ASGIApp, app)
-    gate = AdmissionGate(RequestLimits(inner, body_timeout_s=settings.http_read_timeout_s), db.admission,
-                         on_shed=metrics.count_shed if metrics else None)
+    gate = AdmissionGate(RequestLimits(HeadAsGet(inner), body_timeout_s=settings.http_read_timeout_s),
+                         db.admission, on_shed=metrics.count_shed if metrics else None)
     return RequestLog(gate, observe=metrics.observe if metrics else None)
 
 

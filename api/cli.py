@@ -36,13 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument("--dsn", help="the database to audit (default: DATABASE_ADMIN_URL, else DATABASE_AUDITOR_URL)")
     audit.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     audit.add_argument("--no-probe", action="store_true", help="run findings() only; write nothing, even as admin")
+    commands.add_parser("expire-keys", help="delete every user's expired Idempotency-Keys (DATABASE_ADMIN_URL)",
+                        description="Each create with an Idempotency-Key already deletes its user's expired keys; "
+                                    "this removes those of users who stopped creating tasks. Safe at any time, e.g. "
+                                    "daily from the scheduler that runs migrate.")
     token = commands.add_parser("token", help="print an HS256 token signed with JWT_SECRET")
     token.add_argument("--sub", required=True, help="the user id to put in the token")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)")
     args = parser.parse_args(argv)
     try:
         return {"migrate": _migrate, "serve": _serve, "dev": _dev, "token": _token,
-                "audit": _audit}[args.command](args)
+                "audit": _audit, "expire-keys": _expire_keys}[args.command](args)
     except ConfigError as exc:
         print(f"taskapi: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -84,6 +88,23 @@ def _run_migrate(admin_dsn: str, *, allow_shared_role_changes: bool = False) -> 
         print(f"applied migration {migration}")
     print(f"applied policies from {', '.join(report.policy_files)}")
     print(f"recorded the manifest ({report.manifest_entries} entries)")
+    return 0
+
+
+def _expire_keys(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from .idempotency import expire_keys
+
+    admin_dsn = os.environ.get("DATABASE_ADMIN_URL", "").strip()
+    if not admin_dsn:
+        raise ConfigError("DATABASE_ADMIN_URL is not set: give the DSN taskapi migrate uses")
+    try:
+        deleted = expire_keys(admin_dsn)
+    except psycopg.Error as exc:
+        print(f"taskapi expire-keys: failed: {first_line(exc)}", file=sys.stderr)
+        return 1
+    print(f"deleted {deleted} expired idempotency keys")
     return 0
 
 

@@ -19,6 +19,8 @@ Document = dict[str, Any]
 
 # --- operations ------------------------------------------------------------------------------------
 
+_IF_MATCH = (" With `If-Match: <ETag>`, only while the task is still that version: otherwise 412, nothing changes, "
+             "and the answer's `ETag` is the current version.")
 # (method, path) -> (operationId, description). The /api/{user_id}/... twin of each /api operation gets
 # the same id with "ByUserId" (toggle is spelled .../complete there).
 OPERATIONS: dict[tuple[str, str], tuple[str, str]] = {
@@ -32,25 +34,28 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str]] = {
         "Creates a task for the caller (the owner is the token's `sub`; a body cannot name another). "
         "`title` is stripped of surrounding white space, then must be 1 to 255 characters; `description` "
         "is at most 1,000 characters, and empty or white space only becomes null. A `recurrence` needs a "
-        "`due_at`. The answer is the stored task, its address in `Location` and its version in `ETag`.")),
+        "`due_at`. The answer is the stored task, its address in `Location` and its version in `ETag`. With an "
+        "`Idempotency-Key`, a retry of the same request within 24 hours answers the first 201 again instead of "
+        "creating another task.")),
     ("delete", "/api/tasks"): ("clearCompletedTasks", (
         "Deletes every completed task of the caller and says how many. Only `completed=true` is accepted: "
         "this is the one bulk delete there is, and any other filter is a 400.")),
     ("get", "/api/tasks/{task_id}"): ("getTask", (
         "One of the caller's tasks. Another user's task is a 403 and a task that does not exist (or an id "
-        "that is not a UUID) a 404; neither answer contains any of the other user's data.")),
+        "that is not a UUID) a 404; neither answer contains any of the other user's data. Send its `ETag` back "
+        "in `If-None-Match` to get a 304 without a body while it has not changed.")),
     ("put", "/api/tasks/{task_id}"): ("replaceTask", (
         "Changes the fields sent and keeps the others, exactly as PATCH does: any non-empty subset of "
         "the fields of a create. Send `null` to clear `description`, `due_at` or `recurrence`. Completing a "
-        "recurring task creates its next occurrence, named by `next_task_id`.")),
+        "recurring task creates its next occurrence, named by `next_task_id`." + _IF_MATCH)),
     ("patch", "/api/tasks/{task_id}"): ("updateTask", (
         "Changes the fields sent and keeps the others: any non-empty subset of the fields of a create. "
         "Send `null` to clear `description`, `due_at` or `recurrence`. Completing a recurring task creates "
-        "its next occurrence, named by `next_task_id`.")),
-    ("delete", "/api/tasks/{task_id}"): ("deleteTask", "Deletes one of the caller's tasks."),
+        "its next occurrence, named by `next_task_id`." + _IF_MATCH)),
+    ("delete", "/api/tasks/{task_id}"): ("deleteTask", "Deletes one of the caller's tasks." + _IF_MATCH),
     ("patch", "/api/tasks/{task_id}/toggle"): ("toggleTask", (
         "Flips `completed` in one statement on the server, so two toggles at once flip it twice, never "
-        "once. Completing a recurring task creates its next occurrence, named by `next_task_id`.")),
+        "once. Completing a recurring task creates its next occurrence, named by `next_task_id`." + _IF_MATCH)),
     ("get", "/api/tags"): ("listTags", (
         "The caller's tags, compared ignoring case and spelled as on the oldest task carrying each, with the "
         "number of tasks carrying it; most used first, at most 1,000.")),
@@ -111,8 +116,7 @@ SUCCESS: dict[str, str] = {
 REQUEST_ID_PATTERN = "^[A-Za-z0-9._:-]{1,128}$"
 HEADERS: dict[str, Document] = {
     "X-Request-ID": {
-        "description": ("The request's id, also in the server's log line for it: the client's own `X-Request-ID` "
-                        "when it sent 1 to 128 of `A-Z a-z 0-9 . _ : -`, otherwise a generated one."),
+        "description": "The request's id, as in the server's log: the client's own when sane, else a new one.",
         "required": True, "schema": {"type": "string", "pattern": REQUEST_ID_PATTERN},
         "example": "7d4f0c1e9a2b4c3d00000001"},
     "Location": {
@@ -122,7 +126,7 @@ HEADERS: dict[str, Document] = {
     "ETag": {
         "description": "A strong entity tag of what was answered: send it back in `If-Match` or `If-None-Match`.",
         "required": True, "schema": {"type": "string", "pattern": '^"[!#-~]+"$'},
-        "example": '"1764579600123456"'},
+        "example": '"6441b7f2c80e8"'},
     "Link": {
         "description": "`<...>; rel=\"next\"`: the URL of the next page, when there is one.",
         "required": False, "schema": {"type": "string"},
@@ -264,7 +268,6 @@ def finish(generated: Document) -> Document:
     document["tags"] = TAGS
     components = document.setdefault("components", {})
     _finish_schemas(components["schemas"])
-    components["headers"] = HEADERS
     components["responses"] = {"MethodNotAllowed": _error_response(405, {})}
     for path, item in document["paths"].items():
         for method, operation in item.items():
@@ -298,8 +301,11 @@ def _finish_operation(path: str, method: str, operation: Document) -> None:
 
 
 def _success_response(operation_id: str, response: Document) -> Document:
-    headers = {"X-Request-ID": _header_ref("X-Request-ID")}
-    headers.update({name: _header(name) for name in SUCCESS_HEADERS.get(operation_id, ())})
+    headers = {name: _header(name) for name in ("X-Request-ID", *SUCCESS_HEADERS.get(operation_id, ()))}
+    # A header a handler declares (response_headers=...) must be in the tables too: one description each.
+    undescribed = set(response.get("headers") or {}) - set(headers)
+    if undescribed:
+        raise KeyError(f"{operation_id}: headers {sorted(undescribed)} are not in SUCCESS_HEADERS")
     finished: Document = {"description": SUCCESS[operation_id], "headers": headers}
     content = response.get("content")
     if content:
@@ -318,8 +324,7 @@ def _error_response(status: int, declared: Document) -> Document:
     The body is an ErrorBody, described from ERRORS, unless the handler declared a body of its own (the
     503 of /ready): then its own description stays.
     """
-    headers = {"X-Request-ID": _header_ref("X-Request-ID")}
-    headers.update({name: _header(name) for name in STATUS_HEADERS.get(status, ())})
+    headers = {name: _header(name) for name in ("X-Request-ID", *STATUS_HEADERS.get(status, ()))}
     response: Document = {"description": ERRORS[status], "headers": headers}
     if status == 304:
         return response  # no body
@@ -336,13 +341,11 @@ def _error_response(status: int, declared: Document) -> Document:
 
 
 def _header(name: str) -> Document:
-    return _header_ref(name) if HEADERS[name]["required"] else copy.deepcopy(HEADERS[name])
+    """The header's description, written out in each response (KeyError for one HEADERS does not describe).
 
-
-def _header_ref(name: str) -> Document:
-    if name not in HEADERS:
-        raise KeyError(f"header {name} is not described in HEADERS")
-    return {"$ref": f"#/components/headers/{name}"}
+    Inline rather than a reference to components: a client reading one response needs nothing else.
+    """
+    return copy.deepcopy(HEADERS[name])
 
 
 def _finish_schemas(schemas: Document) -> None:

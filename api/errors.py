@@ -19,6 +19,7 @@ import msgspec
 import psycopg
 import psycopg_pool
 from litestar import Request, Response
+from litestar.enums import MediaType
 from litestar.exceptions import HTTPException, ValidationException
 
 log = logging.getLogger("taskapi.errors")
@@ -93,6 +94,30 @@ class Forbidden(ApiError):
 
 class NotFound(ApiError):
     status, code = 404, "not_found"
+
+
+class IdempotencyKeyInFlight(ApiError):
+    """409: a request with the same Idempotency-Key is still being processed; retry after it."""
+
+    status, code = 409, "idempotency_key_in_flight"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": RETRY_AFTER_S})
+
+
+class PreconditionFailed(ApiError):
+    """412: If-Match named no current version; `etag` is the current one, for the client to re-read."""
+
+    status, code = 412, "precondition_failed"
+
+    def __init__(self, message: str, *, etag: str) -> None:
+        super().__init__(message, headers={"ETag": etag})
+
+
+class IdempotencyKeyReused(ApiError):
+    """422: the Idempotency-Key was used before with a different request."""
+
+    status, code = 422, "idempotency_key_reused"
 
 
 class RequestTimeout(ApiError):
@@ -231,10 +256,14 @@ _HTTP_MESSAGES = {
 
 def respond(status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
             details: list[ErrorDetail] | None = None, checks: list[str] | None = None) -> Response[ErrorBody]:
-    """The one way an error response is built (`checks` only on /ready, see `NotReadyBody`)."""
+    """The one way an error response is built (`checks` only on /ready, see `NotReadyBody`).
+
+    The media type is explicit: a handler's own (the HTML of Litestar's /schema 404) must not apply.
+    """
     if checks is not None:
-        return Response(NotReadyBody(code, message, details, checks), status_code=status, headers=headers)
-    return Response(ErrorBody(code, message, details), status_code=status, headers=headers)
+        return Response(NotReadyBody(code, message, details, checks), status_code=status, headers=headers,
+                        media_type=MediaType.JSON)
+    return Response(ErrorBody(code, message, details), status_code=status, headers=headers, media_type=MediaType.JSON)
 
 
 def handle_api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response[ErrorBody]:

@@ -34,7 +34,7 @@ from litestar.params import Parameter
 
 from .auth import current_caller
 from .errors import validation_error
-from .openapi import error_responses
+from .openapi import error_responses, link_header, list_etag_header
 from .pipeline import Statement
 from .preconditions import body_etag, none_match, not_modified
 from .tasks import (
@@ -44,6 +44,7 @@ from .tasks import (
     TAG_MAX,
     TAGS_MAX,
     WS,
+    IfNoneMatchHeader,
     Task,
     fetch,
     json_response,
@@ -258,7 +259,8 @@ def _doc(name: str) -> Any:
     return Parameter(description=description, required=False, schema_extra={"oneOf": None, **schema})
 
 
-@get("/tasks", summary="List my tasks", responses=error_responses(),
+@get("/tasks", summary="List my tasks", responses=error_responses(not_modified=True),
+     response_headers=[list_etag_header(), link_header()],
      description="One page of the caller's tasks and `total_count`, the number of tasks matching the filters "
                  "(ignoring limit, offset and cursor). `next_cursor` (also in a `Link: <...>; rel=\"next\"` "
                  "header) continues the same query; it is null on the last page.")
@@ -276,6 +278,7 @@ async def list_tasks(
     limit: Annotated[str | None, _doc("limit")] = None,
     offset: Annotated[str | None, _doc("offset")] = None,
     cursor: Annotated[str | None, _doc("cursor")] = None,
+    if_none_match_header: IfNoneMatchHeader = None,
 ) -> Response[TaskList]:
     query = parse_query(request.query_params)
     statement = list_statement(query.sort, query.order, _used(query.filters), query.filters.completed,
@@ -288,7 +291,7 @@ async def list_tasks(
     body = b"".join((b'{"tasks":', tasks, b',"total_count":', total, b',"next_cursor":',
                      msgspec.json.encode(next_cursor), b"}"))
     etag = body_etag(body)
-    if not none_match(request.headers.get("if-none-match"), etag):
+    if not none_match(request, etag):
         return not_modified(etag)
     headers = {"ETag": etag}
     if next_cursor is not None:

@@ -9,7 +9,6 @@ from litestar.enums import HttpMethod
 from litestar.handlers import HTTPRouteHandler
 
 from . import listing, tasks
-from .openapi import error_responses
 
 
 def _options(path: str, allow: str) -> HTTPRouteHandler:
@@ -44,5 +43,6 @@ def compat_handlers() -> list[Any]:
     """
     return [*_shared_path_options(), listing.list_tasks, listing.clear_completed, listing.list_tags,
             tasks.create_task, tasks.get_task, tasks.put_task, tasks.patch_task, tasks.delete_task,
-            patch("/tasks/{task_id:str}/complete", summary="Flip completed on one of my tasks",
-                  responses=error_responses())(tasks.toggle_task.fn)]
+            patch("/tasks/{task_id:str}/complete", summary=tasks.toggle_task.summary,
+                  responses=tasks.toggle_task.responses,
+                  response_headers=tasks.toggle_task.response_headers)(tasks.toggle_task.fn)]

@@ -4,6 +4,10 @@ Handlers stay thin: validate, run one statement as the caller (`Database.fetch_o
 body PostgreSQL built. Which rows a caller may touch is decided by the policies in
 sql/policies/tasks.sql, never here: a statement that matches no row means "not yours or not there",
 and only then does `task_exists` tell the two apart (403 vs 404).
+
+Every write takes If-Match (issue #12) as a condition of its own statement, so no other write can slip
+between the check and the change; when it matches no row, one read tells a stale version (412) from
+another user's task (403) and no task (404), in that order of precedence: 403 and 404 first.
 """
 
 from __future__ import annotations
@@ -19,9 +23,26 @@ from litestar.openapi.spec import OpenAPIType, Schema
 
 from .auth import current_caller
 from .db import current_database
-from .errors import Forbidden, NotFound, from_body_error, validation_error
-from .openapi import error_responses
+from .errors import (
+    Forbidden,
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
+    NotFound,
+    PreconditionFailed,
+    from_body_error,
+    validation_error,
+)
+from .idempotency import CREATE_TASK_ONCE, idempotency_key, request_hash
+from .openapi import (
+    error_responses,
+    etag_header,
+    idempotency_key_parameter,
+    if_match_parameter,
+    if_none_match_parameter,
+    location_header,
+)
 from .pipeline import Params, Row, Statement
+from .preconditions import if_match_tags, none_match, not_modified
 
 TITLE_MAX = 255
 DESCRIPTION_MAX = 1000
@@ -145,6 +166,11 @@ class TaskChange(msgspec.Struct, forbid_unknown_fields=True):
 # Fields of a task that the server sets: a body that sends one is told so, not "unknown field".
 READ_ONLY_FIELDS = frozenset(Task.__struct_fields__) - frozenset(TaskCreate.__struct_fields__)
 
+# The conditional and retry request headers, declared for the OpenAPI document; the handlers read them
+# with api/preconditions.py and api/idempotency.py, which parse them strictly.
+IfMatchHeader = Annotated[str | None, if_match_parameter()]
+IfNoneMatchHeader = Annotated[str | None, if_none_match_parameter()]
+IdempotencyKeyHeader = Annotated[str | None, idempotency_key_parameter()]
 
 BodyT = TypeVar("BodyT", bound=msgspec.Struct)
 
@@ -208,9 +234,10 @@ RETURNING t.id, taskapi.task_json(t)::text, taskapi.task_etag(t)
 
 
 @post("/tasks", summary="Create a task", status_code=201, opt={"json_body": True},
-      dto=StrictBody[TaskCreate], return_dto=None,
-      responses=error_responses(body=True))
-async def create_task(request: Request[Any, Any, Any], data: TaskCreate) -> Response[Task]:
+      dto=StrictBody[TaskCreate], return_dto=None, response_headers=[location_header(), etag_header()],
+      responses=error_responses(body=True, idempotency_key=True))
+async def create_task(request: Request[Any, Any, Any], data: TaskCreate,
+                      idempotency_key_header: IdempotencyKeyHeader = None) -> Response[Task]:
     if data.recurrence is not None and data.due_at is None:
         raise validation_error("recurrence", "a recurring task needs a due_at")
     values = {
@@ -222,12 +249,23 @@ async def create_task(request: Request[Any, Any, Any], data: TaskCreate) -> Resp
         "tags": _clean_tags(data.tags),
         "recurrence": data.recurrence,
     }
-    row = await fetch(request, CREATE_TASK, values)
-    assert row is not None  # RETURNING of an INSERT that did not raise
-    task_id, body, etag = row
+    key = idempotency_key(request)
+    if key is None:
+        row = await fetch(request, CREATE_TASK, values)
+        assert row is not None  # RETURNING of an INSERT that did not raise
+        task_id, body, etag = row
+    else:
+        # A replay is the recorded 201, byte for byte: same id, Location, body and ETag.
+        row = await fetch(request, CREATE_TASK_ONCE, {**values, "key": key, "request_hash": request_hash(values)})
+        assert row is not None  # the function returns one row on every path
+        outcome, task_id, body, etag = row
+        if outcome == b"in_flight":
+            raise IdempotencyKeyInFlight("a request with this Idempotency-Key is still in progress; retry shortly")
+        if outcome == b"mismatch":
+            raise IdempotencyKeyReused("this Idempotency-Key was used for a different request in the last 24 hours")
     assert task_id is not None and etag is not None
     return json_response(body, status_code=201,
-                 headers={"Location": f"/api/tasks/{task_id.decode()}", "ETag": etag.decode()})
+                         headers={"Location": f"/api/tasks/{task_id.decode()}", "ETag": etag.decode()})
 
 
 # --- read one ---------------------------------------------------------------------------------------
@@ -237,9 +275,15 @@ SELECT taskapi.task_json(t)::text, taskapi.task_etag(t) FROM taskapi.tasks AS t 
 """)
 
 
-@get("/tasks/{task_id:str}", summary="Get one of my tasks", responses=error_responses())
-async def get_task(request: Request[Any, Any, Any], task_id: str) -> Response[Task]:
-    return await _one_task(request, GET_TASK, task_id, {})
+@get("/tasks/{task_id:str}", summary="Get one of my tasks", response_headers=[etag_header()],
+     responses=error_responses(not_modified=True))
+async def get_task(request: Request[Any, Any, Any], task_id: str,
+                   if_none_match_header: IfNoneMatchHeader = None) -> Response[Task]:
+    body, etag = await _one_task(request, GET_TASK, task_id, {}, if_match=None)
+    assert etag is not None
+    if not none_match(request, etag):
+        return not_modified(etag)
+    return json_response(body, headers={"ETag": etag})
 
 
 # --- change -----------------------------------------------------------------------------------------
@@ -256,7 +300,7 @@ UPDATE taskapi.tasks AS t SET
     priority = coalesce(%(priority)s::smallint, t.priority),
     tags = coalesce(%(tags)s::text[], t.tags),
     recurrence = CASE WHEN %(set_recurrence)s THEN %(recurrence)s ELSE t.recurrence END
-WHERE t.id = %(id)s
+WHERE t.id = %(id)s AND (%(if_match)s::text[] IS NULL OR taskapi.task_etag(t) = ANY (%(if_match)s::text[]))
 RETURNING taskapi.task_json(t)::text, taskapi.task_etag(t)
 """)
 
@@ -279,68 +323,93 @@ async def _change_task(request: Request[Any, Any, Any], task_id: str, data: Task
         "set_recurrence": "recurrence" in sent,
         "recurrence": None if data.recurrence is msgspec.UNSET else data.recurrence,
     }
-    return await _one_task(request, UPDATE_TASK, task_id, values)
+    return _task_response(*await _one_task(request, UPDATE_TASK, task_id, values, if_match=if_match_tags(request)))
 
 
 @put("/tasks/{task_id:str}", summary="Change one of my tasks", opt={"json_body": True},
-     dto=StrictBody[TaskChange], return_dto=None,
-     responses=error_responses(body=True))
-async def put_task(request: Request[Any, Any, Any], task_id: str, data: TaskChange) -> Response[Task]:
+     dto=StrictBody[TaskChange], return_dto=None, response_headers=[etag_header()],
+     responses=error_responses(body=True, if_match=True))
+async def put_task(request: Request[Any, Any, Any], task_id: str, data: TaskChange,
+                   if_match_header: IfMatchHeader = None) -> Response[Task]:
     return await _change_task(request, task_id, data)
 
 
 @patch("/tasks/{task_id:str}", summary="Change one of my tasks", opt={"json_body": True},
-       dto=StrictBody[TaskChange], return_dto=None,
-       responses=error_responses(body=True))
-async def patch_task(request: Request[Any, Any, Any], task_id: str, data: TaskChange) -> Response[Task]:
+       dto=StrictBody[TaskChange], return_dto=None, response_headers=[etag_header()],
+       responses=error_responses(body=True, if_match=True))
+async def patch_task(request: Request[Any, Any, Any], task_id: str, data: TaskChange,
+                     if_match_header: IfMatchHeader = None) -> Response[Task]:
     return await _change_task(request, task_id, data)
 
 
 # Flips `completed` in one statement, so two concurrent toggles give two flips, never one.
 TOGGLE_TASK = Statement("""
 UPDATE taskapi.tasks AS t SET completed = NOT t.completed
-WHERE t.id = %(id)s
+WHERE t.id = %(id)s AND (%(if_match)s::text[] IS NULL OR taskapi.task_etag(t) = ANY (%(if_match)s::text[]))
 RETURNING taskapi.task_json(t)::text, taskapi.task_etag(t)
 """)
 
 
 @patch("/tasks/{task_id:str}/toggle", summary="Flip completed on one of my tasks",
-       responses=error_responses())
-async def toggle_task(request: Request[Any, Any, Any], task_id: str) -> Response[Task]:
-    return await _one_task(request, TOGGLE_TASK, task_id, {})
+       response_headers=[etag_header()], responses=error_responses(if_match=True))
+async def toggle_task(request: Request[Any, Any, Any], task_id: str,
+                      if_match_header: IfMatchHeader = None) -> Response[Task]:
+    return _task_response(*await _one_task(request, TOGGLE_TASK, task_id, {}, if_match=if_match_tags(request)))
 
 
 # --- delete -----------------------------------------------------------------------------------------
 
 DELETE_TASK = Statement("""
-DELETE FROM taskapi.tasks WHERE id = %(id)s RETURNING '{"message": "Task deleted"}', NULL::text
+DELETE FROM taskapi.tasks AS t
+WHERE t.id = %(id)s AND (%(if_match)s::text[] IS NULL OR taskapi.task_etag(t) = ANY (%(if_match)s::text[]))
+RETURNING '{"message": "Task deleted"}', NULL::text
 """)
 
 
 @delete("/tasks/{task_id:str}", summary="Delete one of my tasks", status_code=200,
-        responses=error_responses())
-async def delete_task(request: Request[Any, Any, Any], task_id: str) -> Response[Deleted]:
-    return await _one_task(request, DELETE_TASK, task_id, {})
+        responses=error_responses(if_match=True))
+async def delete_task(request: Request[Any, Any, Any], task_id: str,
+                      if_match_header: IfMatchHeader = None) -> Response[Deleted]:
+    body, _ = await _one_task(request, DELETE_TASK, task_id, {}, if_match=if_match_tags(request))
+    return json_response(body)
 
 
 # --- helpers ----------------------------------------------------------------------------------------
 
-# The one deliberate look past RLS (see sql/migrations/0001_tasks.sql): 403 versus 404. It needs no
-# identity and returns no row data.
-TASK_EXISTS = Statement("SELECT taskapi.task_exists(%(id)s)")
+# Why a single-task statement matched no row, as the caller: the task's current version when the caller
+# can see it (then only If-Match stopped the write: 412), else whether the id exists at all, through
+# the one deliberate look past RLS (sql/migrations/0001_tasks.sql), which returns no row data: 403 or 404.
+TASK_STATE = Statement("""
+SELECT (SELECT taskapi.task_etag(t) FROM taskapi.tasks AS t WHERE t.id = %(id)s), taskapi.task_exists(%(id)s)
+""")
 
 
 async def _one_task(request: Request[Any, Any, Any], statement: Statement, task_id: str,
-                    values: dict[str, Any]) -> Response[Any]:
-    """Run a single-task statement returning (body, ETag); no row means 403 (exists, not yours) or 404."""
+                    values: dict[str, Any], *, if_match: list[str] | None) -> tuple[bytes | None, str | None]:
+    """Run a single-task statement returning (body, ETag) under `if_match`; return them as sent.
+
+    No row raises 403 (exists, not yours), 404 (no such task) or, for the caller's own task whose
+    version `if_match` does not name, 412 with the current ETag.
+    """
     tid = _task_id(task_id)
-    row = await fetch(request, statement, {**values, "id": tid})
+    row = await fetch(request, statement, {**values, "id": tid, "if_match": if_match})
     if row is None:
-        if await current_database(request).fetch_one(None, TASK_EXISTS, {"id": tid}) == (b"t",):
+        state = await fetch(request, TASK_STATE, {"id": tid})
+        assert state is not None  # a select without FROM: one row
+        current, exists = state
+        if current is not None and if_match is not None:
+            raise PreconditionFailed("the task has changed since this version: read it again, then retry with its "
+                                     "ETag", etag=current.decode())
+        if exists == b"t":
             raise Forbidden("this task belongs to another user")
         raise NotFound("no such task")
     body, etag = row
-    return json_response(body, headers=None if etag is None else {"ETag": etag.decode()})
+    return body, None if etag is None else etag.decode()
+
+
+def _task_response(body: bytes | None, etag: str | None) -> Response[Any]:
+    assert etag is not None  # every statement returning a task returns its ETag
+    return json_response(body, headers={"ETag": etag})
 
 
 async def fetch(request: Request[Any, Any, Any], statement: Statement, params: Params) -> Row | None:

@@ -261,6 +261,8 @@ class Server:
     log_path: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    # A process group of its own (granian's workers included), for tests that stop or kill all of it.
+    new_session: bool = False
 
     @property
     def base_url(self) -> str:
@@ -270,7 +272,8 @@ class Server:
         env = {**os.environ, **self.env, "PORT": str(self.port), "HOST": "127.0.0.1"}
         self.log_file = self.log_path.open("ab")
         self.process = subprocess.Popen([sys.executable, "-m", "api.cli", "serve"], env=env, cwd=ROOT,
-                                        stdout=self.log_file, stderr=subprocess.STDOUT)
+                                        stdout=self.log_file, stderr=subprocess.STDOUT,
+                                        start_new_session=self.new_session)
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -157,10 +157,15 @@ def test_the_auditor_reads_tables_and_policies(database: Database):
                               " FROM taskapi_audit.tables").fetchall()
         policies = conn.execute("SELECT policy_name, command, roles, using_expr, with_check_expr"
                                 " FROM taskapi_audit.policies").fetchall()
-    assert tables == [("taskapi.task_counts", True, True, "taskapi_owner", 3),
+    assert tables == [("taskapi.idempotency_keys", True, True, "taskapi_owner", 3),
+                      ("taskapi.task_counts", True, True, "taskapi_owner", 3),
                       ("taskapi.tasks", True, True, "taskapi_owner", 5)]
     identity = "(user_id = ( SELECT taskapi.current_user_id() AS current_user_id))"
     assert policies == [
+        ("idempotency_keys_delete_expired", "DELETE", ["taskapi_app"],
+         "((user_id = ( SELECT taskapi.current_user_id() AS current_user_id)) AND (expires_at <= now()))", None),
+        ("idempotency_keys_insert", "INSERT", ["taskapi_app"], None, identity),
+        ("idempotency_keys_select", "SELECT", ["taskapi_app", "taskapi_auditor"], identity, None),
         ("task_counts_insert", "INSERT", ["taskapi_app"], None, identity),
         ("task_counts_select", "SELECT", ["taskapi_app", "taskapi_auditor"], identity, None),
         ("task_counts_update", "UPDATE", ["taskapi_app"], identity, identity),
@@ -215,10 +220,12 @@ def test_migrate_records_where_each_policy_came_from(database: Database):
         rows = conn.execute("SELECT policy_name, source_file, length(source_sha256)"
                             " FROM taskapi_audit.applied_policies ORDER BY 1").fetchall()
     assert [name for name, _, _ in rows] == [
+        "idempotency_keys_delete_expired", "idempotency_keys_insert", "idempotency_keys_select",
         "task_counts_insert", "task_counts_select", "task_counts_update",
         "tasks_delete", "tasks_insert", "tasks_owner_task_exists", "tasks_select", "tasks_update"]
-    assert {(name.startswith("tasks_"), source, digest) for name, source, digest in rows} == {
-        (True, "sql/policies/tasks.sql", 64), (False, "sql/policies/task_counts.sql", 64)}
+    for name, source, digest in rows:  # each policy from its table's file, with the file's SHA-256
+        table = next(t for t in ("idempotency_keys", "task_counts", "tasks") if name.startswith(f"{t}_"))
+        assert (source, digest) == (f"sql/policies/{table}.sql", 64), name
 
 
 # `taskapi audit`, run as operators run it.

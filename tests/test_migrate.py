@@ -25,6 +25,9 @@ EXPECTED_POLICIES = {
     ("task_counts_select", "SELECT", "{taskapi_app,taskapi_auditor}"),
     ("task_counts_insert", "INSERT", "{taskapi_app}"),
     ("task_counts_update", "UPDATE", "{taskapi_app}"),
+    ("idempotency_keys_select", "SELECT", "{taskapi_app,taskapi_auditor}"),
+    ("idempotency_keys_insert", "INSERT", "{taskapi_app}"),
+    ("idempotency_keys_delete_expired", "DELETE", "{taskapi_app}"),
 }
 
 
@@ -38,7 +41,7 @@ def test_migrate_twice_is_a_no_op_the_second_time(scratch_database):
     report = migrate(scratch_database.admin_dsn, app_password=APP_PASSWORD, auditor_password=AUDITOR_PASSWORD)
     assert report.migrations_applied == []
     assert report.roles_created == [] and report.roles_fixed == []
-    assert report.policy_files == ["task_counts.sql", "tasks.sql"]
+    assert report.policy_files == ["idempotency_keys.sql", "task_counts.sql", "tasks.sql"]
     assert policies(scratch_database.admin_dsn) == EXPECTED_POLICIES
 
 
@@ -109,7 +112,7 @@ def test_cli_migrate_needs_the_admin_dsn_and_is_idempotent(scratch_database):
     ok = subprocess.run([sys.executable, "-m", "api.cli", "migrate"], cwd=ROOT, capture_output=True, text=True,
                         env={**env, "DATABASE_ADMIN_URL": scratch_database.admin_dsn})
     assert ok.returncode == 0, ok.stderr
-    assert "applied policies from task_counts.sql, tasks.sql" in ok.stdout
+    assert "applied policies from idempotency_keys.sql, task_counts.sql, tasks.sql" in ok.stdout
 
 
 def test_migrate_into_an_empty_database_creates_everything(cluster):

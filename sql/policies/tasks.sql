@@ -72,3 +72,8 @@ GRANT EXECUTE ON FUNCTION taskapi.task_exists(uuid) TO taskapi_app;
 GRANT EXECUTE ON FUNCTION taskapi.tags_valid(text[]) TO taskapi_app;
 GRANT EXECUTE ON FUNCTION taskapi.tag_keys(text[]) TO taskapi_app, taskapi_auditor;
 GRANT EXECUTE ON FUNCTION taskapi.task_etag(taskapi.tasks) TO taskapi_app, taskapi_auditor;
+-- POST with an Idempotency-Key (sql/migrations/0005): invoker's rights, so it reaches the tasks and
+-- taskapi.idempotency_keys only through their policies. Granted here, after the revoke above, which
+-- sql/policies/idempotency_keys.sql (applied first) would not survive.
+GRANT EXECUTE ON FUNCTION taskapi.create_task_once(text, text, text, text, boolean, timestamptz, smallint,
+                                                   text[], text) TO taskapi_app;

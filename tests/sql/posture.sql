@@ -7,9 +7,26 @@
 -- Run: tests/sql/run-pgtap <superuser DSN>, or pg_prove -d <DSN> tests/sql/*.sql (docs/audit.md).
 
 BEGIN;
-SELECT plan(57);
+SELECT plan(64);
 
-SELECT tables_are('taskapi', ARRAY['task_counts', 'tasks'], 'schema taskapi holds only the tasks and their counts');
+SELECT tables_are('taskapi', ARRAY['idempotency_keys', 'task_counts', 'tasks'],
+                  'schema taskapi holds only the tasks, their counts and the creates'' idempotency keys');
+SELECT table_owner_is('taskapi', 'idempotency_keys', 'taskapi_owner', 'taskapi.idempotency_keys belongs to taskapi_owner');
+SELECT ok((SELECT relrowsecurity AND relforcerowsecurity FROM pg_catalog.pg_class
+           WHERE oid = 'taskapi.idempotency_keys'::regclass),
+          'taskapi.idempotency_keys has row-level security enabled and forced');
+SELECT policies_are('taskapi', 'idempotency_keys',
+                    ARRAY['idempotency_keys_select', 'idempotency_keys_insert', 'idempotency_keys_delete_expired'],
+                    'taskapi.idempotency_keys has exactly its three policies (no UPDATE: a recorded response never changes)');
+SELECT table_privs_are('taskapi', 'idempotency_keys', 'taskapi_app', ARRAY['SELECT', 'INSERT', 'DELETE'],
+                       'taskapi_app may read, record and expire its keys, never change one');
+SELECT table_privs_are('taskapi', 'idempotency_keys', 'taskapi_auditor', ARRAY['SELECT'],
+                       'taskapi_auditor may only SELECT on taskapi.idempotency_keys');
+SELECT table_privs_are('taskapi', 'idempotency_keys', 'public', ARRAY[]::text[],
+                       'PUBLIC holds nothing on taskapi.idempotency_keys');
+SELECT is((SELECT prosecdef FROM pg_catalog.pg_proc
+           WHERE oid = 'taskapi.create_task_once(text, text, text, text, boolean, timestamptz, smallint, text[], text)'::regprocedure),
+          false, 'taskapi.create_task_once runs with the caller''s rights');
 SELECT table_owner_is('taskapi', 'task_counts', 'taskapi_owner', 'taskapi.task_counts belongs to taskapi_owner');
 SELECT ok((SELECT relrowsecurity AND relforcerowsecurity FROM pg_catalog.pg_class
            WHERE oid = 'taskapi.task_counts'::regclass),
