@@ -30,7 +30,7 @@ before(async () => {
 
 after(() => {
   // Every request below went through the document check; none slipped past it.
-  assert.ok(checked() >= 20, `only ${checked()} answers were checked against the document`);
+  assert.ok(checked() >= 30, `only ${checked()} answers were checked against the document`);
 });
 
 describe("a frontend's first hour", () => {
@@ -98,6 +98,51 @@ describe("a frontend's first hour", () => {
     assert.equal(compat.error?.error, "forbidden");
   });
 
+  test("If-Match: a write with a stale ETag is 412 and changes nothing; with the current one it goes through", async () => {
+    const { task, etag } = await alice.create({ title: "Edited in two tabs" });
+    const first = await alice.client.PATCH("/api/tasks/{task_id}", {
+      params: { path: { task_id: task.id }, header: { "If-Match": etag } },
+      body: { title: "Tab one wins" },
+    });
+    assert.equal(first.response.status, 200);
+    const current = first.response.headers.get("ETag");
+    assert.ok(current !== null && current !== etag);
+    const stale = await rejection(alice.update(task.id, { title: "Tab two loses" }, { ifMatch: etag }));
+    assert.equal(stale.status, 412);
+    assert.equal(stale.body.error, "precondition_failed");
+    assert.equal(stale.response.headers.get("ETag"), current);
+    assert.equal((await alice.get(task.id)).title, "Tab one wins");
+    assert.equal((await alice.toggle(task.id, { ifMatch: current })).completed, true);
+  });
+
+  test("If-None-Match: 304 without a body while the task and the list are unchanged", async () => {
+    const { task } = await alice.create({ title: "Cached" });
+    const read = await alice.client.GET("/api/tasks/{task_id}", { params: { path: { task_id: task.id } } });
+    const etag = read.response.headers.get("ETag");
+    assert.ok(etag !== null);
+    const again = await alice.client.GET("/api/tasks/{task_id}", {
+      params: { path: { task_id: task.id }, header: { "If-None-Match": etag } },
+    });
+    assert.equal(again.response.status, 304);
+    const list = await alice.client.GET("/api/tasks", { params: { query: { limit: 5 } } });
+    const listTag = list.response.headers.get("ETag");
+    assert.ok(listTag !== null);
+    const cached = await alice.client.GET("/api/tasks", {
+      params: { query: { limit: 5 }, header: { "If-None-Match": listTag } },
+    });
+    assert.equal(cached.response.status, 304);
+  });
+
+  test("Idempotency-Key: a retried create answers the first 201 again; another body with the key is 422", async () => {
+    const key = `ts-${uniqueSuffix()}`;
+    const first = await alice.create({ title: "Pay rent" }, { idempotencyKey: key });
+    const retry = await alice.create({ title: "Pay rent" }, { idempotencyKey: key });
+    assert.equal(retry.task.id, first.task.id);
+    const reused = await rejection(alice.create({ title: "Something else" }, { idempotencyKey: key }));
+    assert.equal(reused.status, 422);
+    assert.equal(reused.body.error, "idempotency_key_reused");
+  });
+
   test("a task that does not exist: 404 not_found", async () => {
     await assertStatus(alice.get("00000000-0000-4000-8000-000000000000"), 404, "not_found");
   });
@@ -133,6 +178,10 @@ function required(name: string): string {
   const value = process.env[name];
   if (!value) throw new Error(`${name} is not set (clients/typescript/run sets it)`);
   return value;
+}
+
+function uniqueSuffix(): string {
+  return Math.random().toString(36).slice(2);
 }
 
 function fakeId(): string {

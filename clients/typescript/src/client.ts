@@ -39,6 +39,11 @@ export interface TaskApiOptions {
   middleware?: Middleware[];
 }
 
+/** Options of a write: `ifMatch` makes it conditional on the task's version (else 412, nothing changes). */
+export interface WriteOptions {
+  ifMatch?: string;
+}
+
 /** A created task with the two headers that come with it. */
 export interface Created {
   task: Task;
@@ -52,6 +57,9 @@ export function taskApi({ baseUrl, token, middleware = [] }: TaskApiOptions) {
   const client = createClient<paths>({ baseUrl, headers: { Authorization: `Bearer ${token}` } });
   for (const item of middleware) client.use(item);
   const path = (id: string) => ({ params: { path: { task_id: id } } });
+  const conditional = (id: string, { ifMatch }: WriteOptions) => ({
+    params: { path: { task_id: id }, ...(ifMatch === undefined ? {} : { header: { "If-Match": ifMatch } }) },
+  });
 
   return {
     client,
@@ -61,8 +69,10 @@ export function taskApi({ baseUrl, token, middleware = [] }: TaskApiOptions) {
       return body(await client.GET("/api/tasks", { params: { query } }));
     },
 
-    async create(task: TaskCreate): Promise<Created> {
-      const result = await client.POST("/api/tasks", { body: task });
+    /** `idempotencyKey`: a retry with the same key and body answers the first 201 again, creating nothing. */
+    async create(task: TaskCreate, { idempotencyKey }: { idempotencyKey?: string } = {}): Promise<Created> {
+      const params = idempotencyKey === undefined ? {} : { header: { "Idempotency-Key": idempotencyKey } };
+      const result = await client.POST("/api/tasks", { body: task, params });
       return {
         task: body(result),
         location: header(result.response, "Location"),
@@ -75,17 +85,17 @@ export function taskApi({ baseUrl, token, middleware = [] }: TaskApiOptions) {
     },
 
     /** Changes the fields sent, leaves the others. */
-    async update(id: string, change: TaskChange): Promise<Task> {
-      return body(await client.PATCH("/api/tasks/{task_id}", { ...path(id), body: change }));
+    async update(id: string, change: TaskChange, options: WriteOptions = {}): Promise<Task> {
+      return body(await client.PATCH("/api/tasks/{task_id}", { ...conditional(id, options), body: change }));
     },
 
     /** Flips `completed` in one statement on the server. */
-    async toggle(id: string): Promise<Task> {
-      return body(await client.PATCH("/api/tasks/{task_id}/toggle", path(id)));
+    async toggle(id: string, options: WriteOptions = {}): Promise<Task> {
+      return body(await client.PATCH("/api/tasks/{task_id}/toggle", conditional(id, options)));
     },
 
-    async remove(id: string): Promise<void> {
-      body(await client.DELETE("/api/tasks/{task_id}", path(id)));
+    async remove(id: string, options: WriteOptions = {}): Promise<void> {
+      body(await client.DELETE("/api/tasks/{task_id}", conditional(id, options)));
     },
 
     /** Deletes my completed tasks; how many. */
