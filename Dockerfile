@@ -14,5 +14,6 @@ RUN pip install --no-deps . && rm -rf api sql && useradd --system --no-create-ho
 USER taskapi
 ENV HOST=0.0.0.0 PORT=8000
 EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=2s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health').status != 200)"
+# Ready, not merely alive: database reachable, schema migrated, no isolation finding (else 503).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/ready', timeout=2).status != 200)"]
 CMD ["taskapi", "serve"]

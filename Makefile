@@ -6,10 +6,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: dev test lint typecheck lock
+.PHONY: dev test lint typecheck lock venv ts-check
 
 dev: $(VENV)/.installed
 	$(BIN)/taskapi dev
+
+# .venv alone, e.g. to run .venv/bin/taskapi token before make dev.
+venv: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -18,6 +21,10 @@ test: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
+
+# The generated TypeScript client against a `taskapi dev` of its own (needs node and npm; clients/typescript).
+ts-check: $(VENV)/.installed
+	clients/typescript/run
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy --strict api bench

@@ -28,7 +28,7 @@ from .jwks import JwksKeys
 from .limits import MAX_BODY_BYTES, RequestLimits
 from .logs import RequestLog
 from .metrics import SAMPLE_INTERVAL_S, Metrics
-from .openapi import document_headers, not_ready_response, openapi_config
+from .openapi import finish_document, not_ready_response, openapi_config
 from .pipeline import Statement
 from .posture import PostureGuard
 
@@ -98,8 +98,7 @@ def create_app(settings: Settings) -> RequestLog:
         logging_config=None,
         debug=False,
     )
-    # Built now, once, so that the headers Litestar's response specs cannot describe are added to it.
-    document_headers(app.openapi_schema)
+    finish_document(app)  # the served OpenAPI document, complete (api/document.py), or no start at all
     # RequestLog outermost, so even a request refused by admission or RequestLimits has its id and its
     # log line; admission before anything reads the request, so refusing one costs next to nothing;
     # HeadAsGet innermost, so that everything else sees the method the client sent.

@@ -163,21 +163,38 @@ def _dev(args: argparse.Namespace) -> int:
     assert settings.jwt_secret is not None
     alice = mint_token(settings.jwt_secret, "alice", ttl_s=24 * 3600)
     bob = mint_token(settings.jwt_secret, "bob", ttl_s=24 * 3600)
-    auth = shlex.quote(f"Authorization: Bearer {alice}")
-    print(f"""
-taskapi dev: serving {base}  (OpenAPI: {base}/schema/openapi.json; Ctrl-C stops it)
-
-Create and list a task as user "alice" (token valid 24 h):
-  curl -s -X POST {base}/api/tasks -H {auth} -H 'Content-Type: application/json' -d '{{"title": "Buy milk"}}'
-  curl -s {base}/api/tasks -H {auth}
-
-User "bob" sees none of alice's tasks:
-  curl -s {base}/api/tasks -H {shlex.quote(f"Authorization: Bearer {bob}")}
-""", file=sys.stderr)
+    print(dev_banner(base, alice=alice, bob=bob), file=sys.stderr)
     if generated:
         print("(dev-only secret generated for this run; set JWT_SECRET to keep tokens across runs)\n",
               file=sys.stderr)
     return _serve(args)
+
+
+def dev_banner(base: str, *, alice: str, bob: str) -> str:
+    """What `taskapi dev` prints: where the API and its docs are, and shell lines to paste, for two users.
+
+    Every curl line ends its output with a newline (`-w '\\n'`), so the shell's prompt does not stick to
+    the JSON. The 403 example reads alice's task with bob's token: the task's address comes from the
+    create's `Location` header (curl 7.84 or later prints it with `%header{location}`).
+    """
+    return f"""
+taskapi dev: serving {base}  (Ctrl-C stops it)
+  API docs (Swagger UI, works offline): {base}/schema
+  OpenAPI document:                     {base}/schema/openapi.json
+
+Tokens for two users, "alice" and "bob" (valid 24 h); paste the indented lines into a shell:
+  ALICE={shlex.quote(f"Authorization: Bearer {alice}")}
+  BOB={shlex.quote(f"Authorization: Bearer {bob}")}
+
+alice creates a task (its address is the answer's Location header), then lists her tasks:
+  TASK=$(curl -s -o /dev/null -w '%header{{location}}' -X POST {base}/api/tasks -H "$ALICE" \\
+         -H 'Content-Type: application/json' -d '{{"title": "Buy milk"}}'); echo "$TASK"
+  curl -s -w '\\n' {base}/api/tasks -H "$ALICE"
+
+bob sees none of alice's tasks, and reading hers answers 403 forbidden:
+  curl -s -w '\\n' {base}/api/tasks -H "$BOB"
+  curl -s -w '\\n' {base}$TASK -H "$BOB"
+"""
 
 
 def _token(args: argparse.Namespace) -> int:

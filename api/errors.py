@@ -7,9 +7,13 @@ reaches a client: messages come from this module only.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import re
-from typing import Any
+import types
+import typing
+from collections.abc import Collection
+from typing import Annotated, Any
 
 import msgspec
 import psycopg
@@ -24,16 +28,25 @@ log = logging.getLogger("taskapi.errors")
 class ErrorDetail(msgspec.Struct):
     """One problem with one field of a request."""
 
-    field: str
-    message: str
+    field: Annotated[str, msgspec.Meta(description="The field: `title`, `tags[2]`, a query parameter, or `body`.")]
+    message: Annotated[str, msgspec.Meta(description="The rule it broke, e.g. `must be a boolean`.")]
+
+
+# Every code an error body may carry; stable, never reused (CONTRACT.md section 4).
+ERROR_CODES = ("validation_error", "unauthorized", "forbidden", "not_found", "method_not_allowed", "request_timeout",
+               "idempotency_key_in_flight", "precondition_failed", "payload_too_large", "unsupported_media_type",
+               "idempotency_key_reused", "headers_too_large", "internal_error", "service_unavailable",
+               "auth_unavailable")
 
 
 class ErrorBody(msgspec.Struct, omit_defaults=True):
     """The body of every error response."""
 
-    error: str
-    message: str
-    details: list[ErrorDetail] | None = None
+    error: Annotated[str, msgspec.Meta(
+        description="A stable code: " + ", ".join(f"`{code}`" for code in ERROR_CODES) + ".")]
+    message: Annotated[str, msgspec.Meta(description="For people; may change between versions.")]
+    details: Annotated[list[ErrorDetail], msgspec.Meta(
+        description="With `validation_error`: each field and what is wrong with it.")] | None = None
 
 
 class NotReadyBody(ErrorBody, omit_defaults=True):
@@ -291,34 +304,117 @@ def _log_internal_error(request: Request[Any, Any, Any], exc: BaseException) -> 
               request.scope.get("taskapi.request_id", "-"), exc_info=exc)
 
 
-def from_body_error(exc: msgspec.DecodeError | UnicodeDecodeError) -> BadRequest:
-    """A strict msgspec decode of a request body failed: name the field and the problem."""
-    text = str(exc)
+def from_body_error(exc: msgspec.DecodeError | UnicodeDecodeError, model: type[msgspec.Struct], *,
+                    read_only: Collection[str] = ()) -> BadRequest:
+    """A strict msgspec decode of a request body into `model` failed: name the field and the rule it broke.
+
+    Only *where* the problem is comes from msgspec's message; *what* the client is told comes from the
+    type the field is declared with (`expectation`), in this API's words, so a msgspec release that
+    rewords its messages changes nothing a client sees. `read_only` are fields the server sets.
+    """
     if not isinstance(exc, msgspec.ValidationError):
         return validation_error("body", "not valid JSON (UTF-8)")
+    text = str(exc)
     if match := _UNKNOWN_FIELD.match(text):
-        return validation_error(match[1], "unknown or read-only field")
+        name = match[1]
+        return validation_error(name, "read-only: set by the server" if name in read_only else "unknown field")
     if match := _MISSING_FIELD.match(text):
         return validation_error(match[1], "required")
-    message, _, where = text.partition(" - at `$")
-    field = where.rstrip("`").lstrip(".") or "body"
-    return validation_error(field, message)
+    _, _, where = text.rpartition(" - at `$")
+    path = _PATH_STEP.findall(where.rstrip("`")) if where else []
+    if not path:  # the body itself is not an object
+        return validation_error("body", "must be a JSON object")
+    field = path[0][0] + "".join(f"[{index}]" for _, index in path[1:])
+    try:
+        annotation = _annotation_at(model, path[0][0], depth=len(path) - 1)
+    except (KeyError, TypeError):
+        return validation_error(field, "is not valid")  # a path the declared types do not explain
+    return validation_error(field, expectation(annotation))
 
 
 _UNKNOWN_FIELD = re.compile(r"Object contains unknown field `([^`]*)`")
 _MISSING_FIELD = re.compile(r"Object missing required field `([^`]*)`")
+# `$.tags[3]` -> ("tags", ""), ("", "3")
+_PATH_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+
+
+def expectation(annotation: Any) -> str:
+    """What a value of this declared type must be, as a validation message ("must be a boolean")."""
+    return "must be " + _noun(annotation)
+
+
+def _noun(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        base = args[0]
+        limits = [meta.max_length for meta in args[1:] if isinstance(meta, msgspec.Meta) and meta.max_length]
+        if typing.get_origin(base) is list and limits:
+            return f"an array of at most {limits[0]} {_plural(typing.get_args(base)[0])}"
+        return _noun(base)
+    if origin in (typing.Union, types.UnionType):
+        options = [arg for arg in args if arg not in (type(None), msgspec.UnsetType)]
+        text = " or ".join(_noun(option) for option in options)
+        return text + (" or null" if type(None) in args else "")
+    if origin is typing.Literal:
+        return "one of " + ", ".join(str(value) for value in args)
+    if origin is list:
+        return f"an array of {_plural(args[0])}"
+    return _NOUNS.get(annotation, "a valid value")
+
+
+def _plural(annotation: Any) -> str:
+    noun = _noun(annotation)
+    return _PLURALS.get(noun, "valid values")
+
+
+_NOUNS: dict[Any, str] = {
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    datetime.datetime: "an RFC 3339 timestamp with an offset (e.g. 2026-12-01T09:00:00Z)",
+}
+_PLURALS = {"a string": "strings", "a boolean": "booleans", "an integer": "integers", "a number": "numbers"}
+
+
+def _annotation_at(model: type[msgspec.Struct], field: str, *, depth: int) -> Any:
+    """The declared type of `model.field`, or of an item `depth` lists down in it (`tags[3]`: depth 1)."""
+    annotation = typing.get_type_hints(model, include_extras=True)[field]
+    for _ in range(depth):
+        annotation = _list_item(annotation)
+    return annotation
+
+
+def _list_item(annotation: Any) -> Any:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is list:
+        return args[0]
+    if origin is Annotated:
+        return _list_item(args[0])
+    if origin in (typing.Union, types.UnionType):
+        lists = [arg for arg in args if arg not in (type(None), msgspec.UnsetType)]
+        if len(lists) == 1:
+            return _list_item(lists[0])
+    raise TypeError(f"{annotation!r} has no items")
 
 
 def _details_from_litestar(extra: Any) -> list[ErrorDetail]:
+    """Litestar's own validation errors (a body or parameter it could not bind) in this API's words.
+
+    Its message is never passed on: the handlers declare every parameter as a string and read it
+    themselves (api/listing.py), so what is left for Litestar is a value that is missing.
+    """
     details: list[ErrorDetail] = []
     for item in extra if isinstance(extra, list) else []:
         if isinstance(item, dict):
             key = str(item.get("key") or "body")
             if key == "data":  # Litestar's name for a body it did not receive
-                details.append(ErrorDetail("body", "a JSON body is required"))
+                details.append(ErrorDetail("body", "required: send a JSON object"))
+            elif str(item.get("message", "")).startswith("Missing required"):
+                details.append(ErrorDetail(key, "required"))
             else:
-                details.append(ErrorDetail(key, str(item.get("message", "invalid"))))
-    return details or [ErrorDetail("body", "invalid")]
+                details.append(ErrorDetail(key, "is not valid"))
+    return details or [ErrorDetail("body", "is not valid")]
 
 
 EXCEPTION_HANDLERS = {

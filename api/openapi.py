@@ -1,18 +1,20 @@
-"""OpenAPI pieces shared by the handlers: the error responses, the conditional-request headers, the bearer scheme."""
+"""OpenAPI pieces shared by the handlers (error responses, conditional-request headers), the bearer scheme,
+and the served document (finished by api/document.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from litestar import Response, Router
+import msgspec
+from litestar import Litestar, Request
 from litestar.datastructures import ResponseHeader
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin
-from litestar.openapi.spec import Components, OpenAPI, OpenAPIHeader, OpenAPIResponse, Schema, SecurityScheme
-from litestar.openapi.spec.enums import OpenAPIType
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.params import HeaderParameter
 
-from .errors import ErrorBody, NotReadyBody, respond
+from . import docs, document
+from .errors import ErrorBody, NotReadyBody
 
 _DESCRIPTIONS = {
     304: "Not modified: `If-None-Match` names the current version; no body, the current `ETag`",
@@ -108,29 +110,6 @@ def list_etag_header() -> ResponseHeader:
                                       "back in `If-None-Match`")
 
 
-# The headers of responses that Litestar's ResponseSpec cannot describe: set on the generated
-# document (`document_headers`), for every operation that has the response.
-_RESPONSE_HEADERS = {
-    "304": {"ETag": "The current version (unchanged)"},
-    "412": {"ETag": "The task's current version: read it again (or merge) and retry with this one"},
-    "409": {"Retry-After": "Seconds to wait before retrying"},
-    "503": {"Retry-After": "Seconds to wait before retrying"},
-}
-
-
-def document_headers(openapi: OpenAPI) -> None:
-    """Add the headers of `_RESPONSE_HEADERS` to every response of the document that has that status."""
-    for path_item in (openapi.paths or {}).values():
-        for method in ("get", "put", "post", "delete", "patch"):
-            operation = getattr(path_item, method, None)
-            for status, response in (operation.responses or {}).items() if operation else ():
-                if status in _RESPONSE_HEADERS and isinstance(response, OpenAPIResponse):
-                    response.headers = {**(response.headers or {}), **{
-                        name: OpenAPIHeader(schema=Schema(type=OpenAPIType.STRING), required=True,
-                                            description=description)
-                        for name, description in _RESPONSE_HEADERS[status].items()}}
-
-
 def not_ready_response() -> ResponseSpec:
     """The 503 of /ready: the database is unreachable or not migrated, or the posture guard is closed."""
     return ResponseSpec(
@@ -148,19 +127,36 @@ def openapi_config(version: str) -> OpenAPIConfig:
         version=version,
         description=("Personal tasks; which rows a caller sees and changes is decided by PostgreSQL "
                      "row-level security. Errors are `{\"error\", \"message\"}` (+ `details`)."),
-        path="/schema",
-        # Litestar answers an unknown /schema/... path with an HTML page of its own; the hook turns it
-        # into the contract's JSON 404.
-        openapi_router=Router("/schema", route_handlers=[], include_in_schema=False, after_request=_json_not_found),
+        # /schema: the offline docs page (api/docs.py); /schema/openapi.json: this document.
+        openapi_router=docs.docs_router(),
         components=Components(security_schemes={
             "BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT",
                                           description="A JWT whose `sub` is the user id"),
         }),
-        # The document only, at /schema/openapi.json (and /schema): no HTML viewer pulling scripts from a CDN.
-        render_plugins=[JsonRenderPlugin()],
+        # The docs page first: Litestar serves its default plugin at the router's root, /schema.
+        render_plugins=[docs.SwaggerPage(), FinishedDocument()],
         create_examples=False,
     )
 
 
-async def _json_not_found(response: Response[Any]) -> Response[Any]:
-    return respond(404, "not_found", "no such resource") if response.status_code == 404 else response
+class FinishedDocument(JsonRenderPlugin):
+    """/schema/openapi.json: Litestar's document finished by api/document.py, encoded once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body: bytes | None = None
+
+    def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
+        if self.body is None:
+            self.body = msgspec.json.encode(document.finish(openapi_schema))
+        return self.body
+
+
+def finish_document(app: Litestar) -> dict[str, Any]:
+    """Build the served document now, at start: a route the tables of api/document.py do not describe
+    fails here (KeyError), not on the first request for the document."""
+    assert app.openapi_config is not None
+    (plugin,) = [p for p in app.openapi_config.render_plugins if isinstance(p, FinishedDocument)]
+    finished = document.finish(app.openapi_schema.to_schema())
+    plugin.body = msgspec.json.encode(finished)
+    return finished

@@ -62,8 +62,15 @@ def stripped_text_pattern(max_length: int) -> str:
 
 TITLE_PATTERN = stripped_text_pattern(TITLE_MAX)
 NO_NUL_PATTERN = "^[^\\x00]*$"
-_TITLE_SCHEMA = msgspec.Meta(extra_json_schema={"pattern": TITLE_PATTERN})
-_DESCRIPTION_SCHEMA = msgspec.Meta(extra_json_schema={"pattern": NO_NUL_PATTERN, "maxLength": DESCRIPTION_MAX})
+# Each rule also in words, next to its pattern: people read the description, machines the pattern.
+_TITLE_SCHEMA = msgspec.Meta(
+    description=f"1 to {TITLE_MAX} characters once leading and trailing white space is stripped (it is stored "
+                "stripped), without the NUL character.",
+    extra_json_schema={"pattern": TITLE_PATTERN})
+_DESCRIPTION_SCHEMA = msgspec.Meta(
+    description=f"At most {DESCRIPTION_MAX:,} characters, without the NUL character; empty or white space only is "
+                "stored as null.",
+    extra_json_schema={"pattern": NO_NUL_PATTERN, "maxLength": DESCRIPTION_MAX})
 
 
 TAG_MAX = 50
@@ -71,32 +78,50 @@ TAGS_MAX = 20
 PRIORITIES: dict[str, int] = {"low": 1, "medium": 2, "high": 3}  # as stored (sql/migrations/0004)
 Priority = Literal["high", "medium", "low"]
 Recurrence = Literal["daily", "weekly", "monthly"]
-_DATE_TIME = msgspec.Meta(extra_json_schema={"format": "date-time"})
-_TAG_SCHEMA = msgspec.Meta(extra_json_schema={"pattern": stripped_text_pattern(TAG_MAX)})
+_TAG_SCHEMA = msgspec.Meta(
+    description=f"1 to {TAG_MAX} characters once stripped, without the NUL character.",
+    extra_json_schema={"pattern": stripped_text_pattern(TAG_MAX)})
 _TAGS_SCHEMA = msgspec.Meta(max_length=TAGS_MAX)
+_TAGS_REQUEST = msgspec.Meta(
+    max_length=TAGS_MAX,
+    description=f"At most {TAGS_MAX}. Tags compare ignoring case: one repeated (`[\"Milk\", \"milk\"]`) is kept once, "
+                "as first written.")
+_PRIORITY = msgspec.Meta(description="`high`, `medium` (the default) or `low`.")
+_RECURRENCE = msgspec.Meta(
+    description="`daily`, `weekly` or `monthly` (computed in UTC), or null; needs a `due_at`. Completing the task "
+                "creates its next occurrence, due one period later.")
 # An RFC 3339 timestamp with an offset (`Z` or `+02:00`): a due date without one would mean different
 # instants to different clients. Years 1000..2999, so that no offset moves one out of what PostgreSQL
 # and Python both print the same way.
 DUE_YEARS = (1000, 2999)
 DUE_AT_PATTERN = "^[12][0-9]{3}-"
-_DUE_AT = msgspec.Meta(tz=True, extra_json_schema={"format": "date-time", "pattern": DUE_AT_PATTERN})
+_DUE_AT = msgspec.Meta(
+    tz=True, description=f"An RFC 3339 timestamp with an offset (`Z` or `+01:00`), years {DUE_YEARS[0]} to "
+                         f"{DUE_YEARS[1]}; returned in UTC. Null clears it.",
+    extra_json_schema={"format": "date-time", "pattern": DUE_AT_PATTERN})
+_SET_BY_SERVER = "Set by the server; RFC 3339 in UTC."
 
 
 class Task(msgspec.Struct):
-    """A task as the API returns it (CONTRACT.md section 2)."""
+    """A task as the API returns it (CONTRACT.md section 2).
+
+    For the OpenAPI document only: the handlers pass on the JSON PostgreSQL builds (taskapi.task_json).
+    """
 
     id: uuid.UUID
-    title: Annotated[str, msgspec.Meta(min_length=1, max_length=TITLE_MAX)]
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=TITLE_MAX, description="Stripped.")]
     description: Annotated[str, msgspec.Meta(min_length=1, max_length=DESCRIPTION_MAX)] | None
     completed: bool
-    user_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
-    created_at: Annotated[str, _DATE_TIME]
-    updated_at: Annotated[str, _DATE_TIME]
-    due_at: Annotated[str, _DATE_TIME] | None
+    user_id: Annotated[str, msgspec.Meta(min_length=1, max_length=255,
+                                         description="The owner: the `sub` of the token that created it.")]
+    created_at: Annotated[datetime.datetime, msgspec.Meta(description=_SET_BY_SERVER)]
+    updated_at: Annotated[datetime.datetime, msgspec.Meta(description=_SET_BY_SERVER + " Changes on every update.")]
+    due_at: Annotated[datetime.datetime, msgspec.Meta(description="RFC 3339 in UTC.")] | None
     priority: Priority
     tags: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=TAG_MAX)]], _TAGS_SCHEMA]
     recurrence: Recurrence | None
-    next_task_id: uuid.UUID | None
+    next_task_id: Annotated[uuid.UUID, msgspec.Meta(
+        description="The next occurrence of a recurring task, once this one was completed.")] | None
 
 
 class Deleted(msgspec.Struct):
@@ -113,9 +138,9 @@ class TaskCreate(msgspec.Struct, forbid_unknown_fields=True):
     description: Annotated[str, _DESCRIPTION_SCHEMA] | None = None
     completed: bool = False
     due_at: Annotated[datetime.datetime, _DUE_AT] | None = None
-    priority: Priority = "medium"
-    tags: Annotated[list[Annotated[str, _TAG_SCHEMA]], _TAGS_SCHEMA] = msgspec.field(default_factory=list)
-    recurrence: Recurrence | None = None
+    priority: Annotated[Priority, _PRIORITY] = "medium"
+    tags: Annotated[list[Annotated[str, _TAG_SCHEMA]], _TAGS_REQUEST] = msgspec.field(default_factory=list)
+    recurrence: Annotated[Recurrence, _RECURRENCE] | None = None
 
     # JSON Schema for the rule above, for the OpenAPI document.
     openapi_extra: ClassVar[dict[str, Any]] = {
@@ -131,12 +156,15 @@ class TaskChange(msgspec.Struct, forbid_unknown_fields=True):
     description: Annotated[str, _DESCRIPTION_SCHEMA] | msgspec.UnsetType | None = msgspec.UNSET
     completed: bool | msgspec.UnsetType = msgspec.UNSET
     due_at: Annotated[datetime.datetime, _DUE_AT] | msgspec.UnsetType | None = msgspec.UNSET
-    priority: Priority | msgspec.UnsetType = msgspec.UNSET
-    tags: Annotated[list[Annotated[str, _TAG_SCHEMA]], _TAGS_SCHEMA] | msgspec.UnsetType = msgspec.UNSET
-    recurrence: Recurrence | msgspec.UnsetType | None = msgspec.UNSET
+    priority: Annotated[Priority, _PRIORITY] | msgspec.UnsetType = msgspec.UNSET
+    tags: Annotated[list[Annotated[str, _TAG_SCHEMA]], _TAGS_REQUEST] | msgspec.UnsetType = msgspec.UNSET
+    recurrence: Annotated[Recurrence, _RECURRENCE] | msgspec.UnsetType | None = msgspec.UNSET
 
     openapi_extra: ClassVar[dict[str, Any]] = {"minProperties": 1}
 
+
+# Fields of a task that the server sets: a body that sends one is told so, not "unknown field".
+READ_ONLY_FIELDS = frozenset(Task.__struct_fields__) - frozenset(TaskCreate.__struct_fields__)
 
 # The conditional and retry request headers, declared for the OpenAPI document; the handlers read them
 # with api/preconditions.py and api/idempotency.py, which parse them strictly.
@@ -160,7 +188,7 @@ class StrictBody(MsgspecDTO[BodyT], Generic[BodyT]):
         try:
             return msgspec.json.decode(value, type=self.model_type, strict=True)
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise from_body_error(exc) from None
+            raise from_body_error(exc, self.model_type, read_only=READ_ONLY_FIELDS) from None
 
     @classmethod
     def create_openapi_schema(cls, field_definition: Any, handler_id: str, schema_creator: Any) -> Schema:

@@ -43,7 +43,8 @@ from api.auth import mint_token
 from api.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
-JWT_SECRET = "test-secret-" + secrets.token_hex(16)
+# 76 bytes: pyjwt warns about an HMAC key shorter than its hash, and the tests sign with HS512 too (64 bytes).
+JWT_SECRET = "test-secret-" + secrets.token_hex(32)
 # The same for every session: sessions that share a server (TEST_DATABASE_URL) share the roles, and
 # `taskapi migrate` refuses to change the password of a role another database uses (issue #9). Setting
 # the password a role already has is no change, so every session and database can use these.

@@ -232,12 +232,13 @@ def test_unknown_paths_are_json_404(http, alice, path):
     assert_error(http.get(path, headers=alice.headers), 404, "not_found")
 
 
-def test_the_schema_path_serves_the_document_only(http):
-    document = http.get("/schema/openapi.json")
+def test_the_schema_path_serves_the_offline_docs_page_and_the_document(http):
+    """/schema is the one docs page (issue #14: its assets served by the API, tests/test_docs_page.py)."""
+    assert http.get("/schema/openapi.json").json()["openapi"].startswith("3.1")
     for path in ("/schema", "/schema/"):
         response = http.get(path)
-        assert response.status_code == 200 and "html" not in response.headers["content-type"]
-        assert response.json() == document.json()
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+        assert "https://" not in response.text and "http://" not in response.text
 
 
 # --- CORS --------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -134,8 +136,10 @@ def test_token_command_without_secret_is_one_line():
 
 
 @pytest.mark.slow
-def test_dev_runs_on_embedded_postgres_and_prints_a_working_curl():
-    """`taskapi dev` from nothing: embedded PostgreSQL, migrate, serve, and a token that works."""
+def test_dev_runs_on_embedded_postgres_and_its_banner_works_pasted_into_a_shell():
+    """`taskapi dev` from nothing: embedded PostgreSQL, migrate, serve; the banner's lines, run by bash as
+    printed, create and list alice's task, show bob none, and answer bob's read of it with 403; every curl
+    output ends with a newline; nothing prints a warning; the docs page it names answers."""
     # Not under tmp_path: another pytest session resets /tmp/pytest-of-root to 0700 and the server,
     # run as `embedded_postgres`, loses its data directory (see conftest.embedded_data_dir).
     with embedded_data_dir("taskapi-dev-") as pgdata:
@@ -145,39 +149,50 @@ def test_dev_runs_on_embedded_postgres_and_prints_a_working_curl():
 def run_dev(data_dir):
     port = free_port()
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("DATABASE_", "JWT_", "BETTER_AUTH_", "TEST_DATABASE"))}
+           if not k.startswith(("DATABASE_", "JWT_", "BETTER_AUTH_", "TEST_DATABASE", "XDG_RUNTIME_DIR"))}
     env.update({"PORT": str(port), "TASKAPI_DATA_DIR": str(data_dir)})
     process = subprocess.Popen([sys.executable, "-m", "api.cli", "dev"], env=env, cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output: list[str] = []
+    base = f"http://127.0.0.1:{port}"
     try:
-        token = None
-        deadline = time.monotonic() + 90
         assert process.stdout is not None
-        while time.monotonic() < deadline and token is None:
+        # The banner ends with bob's read of alice's task; until then, a line at a time.
+        while not any('$TASK -H "$BOB"' in line for line in output):
             line = process.stdout.readline()
             if not line:
                 break
             output.append(line)
-            if "Authorization: Bearer " in line and "/api/tasks -H" in line and token is None and "POST" not in line:
-                token = line.split("Authorization: Bearer ", 1)[1].split("'", 1)[0]
-        assert token, "".join(output)
-        base = f"http://127.0.0.1:{port}"
+        banner = "".join(output)
+        assert '$TASK -H "$BOB"' in banner, banner
+        assert f"{base}/schema" in banner and f"{base}/schema/openapi.json" in banner
+        first = next(index for index, line in enumerate(output) if line.startswith("  ALICE="))
+        script = "".join(line[2:] for line in output[first:] if line.startswith("  "))  # the lines to paste
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)  # polling until the server listens
-        headers = {"Authorization": f"Bearer {token}"}
-        created = httpx.post(f"{base}/api/tasks", json={"title": "Buy milk"}, headers=headers)
-        assert created.status_code == 201, created.text
-        assert httpx.get(f"{base}/api/tasks", headers=headers).json()["total_count"] >= 1
+        ran = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 0, ran.stderr
+        location, alices, bobs, forbidden = ran.stdout.split("\n")[:4]
+        assert ran.stdout.endswith("\n") and ran.stdout.count("\n") == 4, ran.stdout  # each answer ends its line
+        assert location.startswith("/api/tasks/")
+        assert [task["title"] for task in json.loads(alices)["tasks"]] == ["Buy milk"]
+        assert json.loads(bobs) == {"tasks": [], "total_count": 0, "next_cursor": None}
+        assert json.loads(forbidden)["error"] == "forbidden"
+        docs = httpx.get(f"{base}/schema")
+        assert docs.status_code == 200 and "swagger-ui" in docs.text
     finally:
         process.send_signal(signal.SIGINT)
         try:
-            process.wait(timeout=30)
+            rest, _ = process.communicate(timeout=30)
+            output.append(rest)
         except subprocess.TimeoutExpired:
             process.kill()
-    assert process.returncode == 0, "".join(output)
+    log = "".join(output)
+    assert process.returncode == 0, log
+    assert not re.search(r"\w+Warning\b", log), log  # a Python warning (RuntimeDirWarning, ...)
     assert not (data_dir / "pgdata" / "postmaster.pid").exists(), "embedded PostgreSQL left running"
