@@ -141,12 +141,13 @@ _KEYS: dict[tuple[str, str], tuple[LiteralString, LiteralString]] = {
 }
 _UTC_MICROSECONDS: LiteralString = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'"
 # What the next cursor stores of the last row: the sorted column as the API prints it.
-_CURSOR_COLUMNS: dict[str, LiteralString] = {
-    "created_at": "to_char((page.task).created_at AT TIME ZONE 'UTC', " + _UTC_MICROSECONDS + ")",
-    "updated_at": "to_char((page.task).updated_at AT TIME ZONE 'UTC', " + _UTC_MICROSECONDS + ")",
-    "due_at": "to_char((page.task).due_at AT TIME ZONE 'UTC', " + _UTC_MICROSECONDS + ")",
-    "priority": "(page.task).priority",
-    "title": "(page.task).title",
+# The page carries that column as it is, and only the last row's is printed.
+_CURSOR_COLUMNS: dict[str, tuple[LiteralString, LiteralString]] = {
+    "created_at": ("t.created_at", "to_char(page.cursor_key AT TIME ZONE 'UTC', " + _UTC_MICROSECONDS + ")"),
+    "updated_at": ("t.updated_at", "to_char(page.cursor_key AT TIME ZONE 'UTC', " + _UTC_MICROSECONDS + ")"),
+    "due_at": ("t.due_at", "to_char(page.cursor_key AT TIME ZONE 'UTC', " + _UTC_MICROSECONDS + ")"),
+    "priority": ("t.priority", "page.cursor_key"),
+    "title": ("t.title", "page.cursor_key"),
 }
 # One condition per filter, each used only when the request has it. Only the search is not
 # leakproof; the others can be index conditions under row-level security.
@@ -193,20 +194,25 @@ def list_statement(sort: str, order: str, filters: frozenset[str], completed: bo
         count = "coalesce(" + _COUNTS[completed] + ", 0)"
     else:
         count = "(SELECT count(*) FROM taskapi.tasks AS t WHERE " + count_where + ")"
+    cursor_column, cursor_text = _CURSOR_COLUMNS[sort]
     text: LiteralString = (
         "WITH page AS (\n"
-        # n counts from 1 on this page: the window numbers rows before OFFSET skips any.
-        "    SELECT t AS task, row_number() OVER (ORDER BY " + key + " " + direction + ", t.id " + direction
+        # The task's JSON is built here, from the scanned row itself: passing the whole row out of the
+        # CTE to build it there would make PostgreSQL form and take apart a composite per task (measured
+        # a third more database time for a page of 50). n counts from 1 on this page: the window
+        # numbers rows before OFFSET skips any.
+        "    SELECT taskapi.task_json(t) AS task, " + cursor_column + " AS cursor_key, t.id,\n"
+        "           row_number() OVER (ORDER BY " + key + " " + direction + ", t.id " + direction
         + ") - %(offset)s::int AS n\n"
         "    FROM taskapi.tasks AS t\n"
         "    WHERE " + where + "\n"
         "    ORDER BY " + key + " " + direction + ", t.id " + direction + "\n"
         "    LIMIT %(limit)s::int + 1 OFFSET %(offset)s::int\n"
         ")\n"
-        "SELECT coalesce((SELECT json_agg(taskapi.task_json(page.task) ORDER BY page.n) FROM page\n"
+        "SELECT coalesce((SELECT json_agg(page.task ORDER BY page.n) FROM page\n"
         "                 WHERE page.n <= %(limit)s::int), '[]')::text,\n"
         "       " + count + "::text,\n"
-        "       (SELECT json_build_array(" + _CURSOR_COLUMNS[sort] + ", (page.task).id)::text FROM page\n"
+        "       (SELECT json_build_array(" + cursor_text + ", page.id)::text FROM page\n"
         "        WHERE page.n = %(limit)s::int AND EXISTS (SELECT FROM page AS more WHERE more.n > %(limit)s::int))"
     )
     return Statement(text, prepare=filters <= {"completed"})

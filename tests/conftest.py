@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -228,6 +229,17 @@ def assert_private(admin_dsn: str) -> None:
     assert server_of(admin_dsn) in _STARTED_HERE, (
         "this test changes cluster-wide roles: run it on private_cluster / private_database, not on a server "
         "the tests did not start")
+
+
+@pytest.fixture
+def conns(database: Database) -> Iterator[tuple[psycopg.Connection[Any], psycopg.Connection[Any]]]:
+    """Connections as the runtime role and as the auditor, for tests of what the database itself allows.
+
+    No server-side prepared statements: under TEST_POOLER_URL these go through a transaction pooler.
+    """
+    with psycopg.connect(database.app_dsn, autocommit=True, prepare_threshold=None) as app, \
+            psycopg.connect(database.auditor_dsn, autocommit=True, prepare_threshold=None) as auditor:
+        yield app, auditor
 
 
 @contextlib.contextmanager

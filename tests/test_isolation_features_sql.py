@@ -26,14 +26,6 @@ def run(conn: psycopg.Connection, statement: Statement, params: dict[str, object
 
 
 @pytest.fixture
-def conns(database):
-    # No server-side prepared statements: under TEST_POOLER_URL these go through a transaction pooler.
-    with psycopg.connect(database.app_dsn, autocommit=True, prepare_threshold=None) as app, \
-            psycopg.connect(database.auditor_dsn, autocommit=True, prepare_threshold=None) as auditor:
-        yield app, auditor
-
-
-@pytest.fixture
 def seeded(conns):
     """Two users, each with a completed and an open task that both carry the tag `Shared` and the word `milk`."""
     app, _ = conns

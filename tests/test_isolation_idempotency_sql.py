@@ -33,14 +33,6 @@ def create_once(conn: psycopg.Connection, user: str, key: str, title: str = "t",
 
 
 @pytest.fixture
-def conns(database):
-    # No server-side prepared statements: under TEST_POOLER_URL these go through a transaction pooler.
-    with psycopg.connect(database.app_dsn, autocommit=True, prepare_threshold=None) as app, \
-            psycopg.connect(database.auditor_dsn, autocommit=True, prepare_threshold=None) as auditor:
-        yield app, auditor
-
-
-@pytest.fixture
 def keyed(conns):
     """Two users who each created a task with the same key."""
     app, _ = conns
