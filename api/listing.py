@@ -199,13 +199,14 @@ def list_statement(sort: str, order: str, filters: frozenset[str], completed: bo
         "WITH page AS (\n"
         # The task's JSON is built here, from the scanned row itself: passing the whole row out of the
         # CTE to build it there would make PostgreSQL form and take apart a composite per task (measured
-        # a third more database time for a page of 50). n counts from 1 on this page: the window
-        # numbers rows before OFFSET skips any.
-        "    SELECT taskapi.task_json(t) AS task, " + cursor_column + " AS cursor_key, t.id,\n"
-        "           row_number() OVER (ORDER BY " + key + " " + direction + ", t.id " + direction
-        + ") - %(offset)s::int AS n\n"
+        # a third more database time for a page of 50). Rows that OFFSET skips are still computed, so
+        # their JSON is not built (the CASE): skipping 10,000 tasks measured 58 ms before, 8 ms now. n counts
+        # from 1 on this page: the window numbers rows before OFFSET skips any.
+        "    SELECT CASE WHEN row_number() OVER w > %(offset)s::int THEN taskapi.task_json(t) END AS task,\n"
+        "           " + cursor_column + " AS cursor_key, t.id, row_number() OVER w - %(offset)s::int AS n\n"
         "    FROM taskapi.tasks AS t\n"
         "    WHERE " + where + "\n"
+        "    WINDOW w AS (ORDER BY " + key + " " + direction + ", t.id " + direction + ")\n"
         "    ORDER BY " + key + " " + direction + ", t.id " + direction + "\n"
         "    LIMIT %(limit)s::int + 1 OFFSET %(offset)s::int\n"
         ")\n"
