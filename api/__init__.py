@@ -1,3 +1,4 @@
 """taskapi: a task API whose user isolation is enforced by PostgreSQL row-level security."""
 
-__version__ = "1.0.0"
+# The contract's version (docs/CONTRACT.md, v1.2) as a release number; also the OpenAPI info.version.
+__version__ = "1.2.0"
