@@ -171,6 +171,45 @@ WEAKENINGS = [
               "CREATE ROLE spy LOGIN BYPASSRLS; GRANT USAGE ON SCHEMA taskapi TO spy;"
               " GRANT SELECT ON taskapi.tasks TO spy",
               "REVOKE ALL ON taskapi.tasks FROM spy; REVOKE ALL ON SCHEMA taskapi FROM spy; DROP ROLE spy"),
+    # 1b. The same paths around the tables beside it: idempotency_keys keeps each keyed create's answer
+    # (a task's title and description), task_counts every user's counts.
+    Weakening("a trigger copying idempotency keys", "trigger_drift",
+              "CREATE TABLE public.keys_copy (LIKE taskapi.idempotency_keys);"
+              " GRANT SELECT ON public.keys_copy TO taskapi_app;"
+              " CREATE FUNCTION public.copy_key() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER"
+              " AS $$BEGIN INSERT INTO public.keys_copy SELECT NEW.*; RETURN NEW; END$$;"
+              " CREATE TRIGGER copy_key AFTER INSERT ON taskapi.idempotency_keys"
+              " FOR EACH ROW EXECUTE FUNCTION public.copy_key()",
+              "DROP TRIGGER copy_key ON taskapi.idempotency_keys; DROP FUNCTION public.copy_key();"
+              " DROP TABLE public.keys_copy"),
+    Weakening("a rule copying idempotency keys", "rule_drift",
+              "CREATE TABLE public.keys_copy (LIKE taskapi.idempotency_keys); CREATE RULE copy_key AS ON INSERT"
+              " TO taskapi.idempotency_keys DO ALSO INSERT INTO public.keys_copy SELECT NEW.*",
+              "DROP RULE copy_key ON taskapi.idempotency_keys; DROP TABLE public.keys_copy"),
+    Weakening("a view of every idempotency key", "outside_dependent",
+              "CREATE VIEW public.all_keys AS SELECT * FROM taskapi.idempotency_keys;"
+              " GRANT SELECT ON public.all_keys TO taskapi_app",
+              "DROP VIEW public.all_keys"),
+    Weakening("a SECURITY DEFINER function reading idempotency keys", "security_definer_reachable",
+              "CREATE FUNCTION public.every_key() RETURNS json LANGUAGE sql SECURITY DEFINER"
+              " AS 'SELECT json_agg(k) FROM taskapi.idempotency_keys k'",
+              "DROP FUNCTION public.every_key()"),
+    Weakening("an open policy on idempotency keys", "policy_drift",
+              "CREATE POLICY open_keys ON taskapi.idempotency_keys FOR SELECT TO taskapi_app USING (true)",
+              "DROP POLICY open_keys ON taskapi.idempotency_keys"),
+    Weakening("idempotency keys with row-level security not forced", "rls_not_forced",
+              "ALTER TABLE taskapi.idempotency_keys NO FORCE ROW LEVEL SECURITY",
+              "ALTER TABLE taskapi.idempotency_keys FORCE ROW LEVEL SECURITY"),
+    Weakening("a view of every user's counts", "outside_dependent",
+              "CREATE VIEW public.all_counts AS SELECT * FROM taskapi.task_counts;"
+              " GRANT SELECT ON public.all_counts TO taskapi_app",
+              "DROP VIEW public.all_counts"),
+    Weakening("the task JSON function made SECURITY DEFINER", "security_definer_not_allowed",
+              "ALTER FUNCTION taskapi.task_json(taskapi.tasks) SECURITY DEFINER",
+              "ALTER FUNCTION taskapi.task_json(taskapi.tasks) SECURITY INVOKER"),
+    Weakening("the keyed create made SECURITY DEFINER", "security_definer_not_allowed",
+              "ALTER FUNCTION taskapi.create_task_once SECURITY DEFINER",
+              "ALTER FUNCTION taskapi.create_task_once SECURITY INVOKER"),
     # 2. Roles that become more than they are.
     Weakening("CREATEROLE for the runtime role", "login_role_attribute",
               "ALTER ROLE taskapi_app CREATEROLE", "ALTER ROLE taskapi_app NOCREATEROLE"),
