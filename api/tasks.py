@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, LiteralString, TypeVar
 
 import msgspec
 from litestar import Request, Response, delete, get, patch, post, put
@@ -283,10 +283,15 @@ async def get_task(request: Request[Any, Any, Any], task_id: str,
     assert etag is not None
     if not none_match(request, etag):
         return not_modified(etag)
-    return json_response(body, headers={"ETag": etag})
+    return _task_response(body, etag)
 
 
 # --- change -----------------------------------------------------------------------------------------
+
+# The row a single-task write may change: this id and, when the request sent If-Match, only at a version
+# it names. The check is a condition of the write's own statement, so no other write slips between.
+_THIS_VERSION: LiteralString = (
+    "WHERE t.id = %(id)s AND (%(if_match)s::text[] IS NULL OR taskapi.task_etag(t) = ANY (%(if_match)s::text[]))\n")
 
 # Fields not sent keep their value; those that may be set to null have their own flag. Completing a
 # recurring task creates its next occurrence (the tasks_spawn_next_occurrence trigger), whose id the
@@ -300,8 +305,7 @@ UPDATE taskapi.tasks AS t SET
     priority = coalesce(%(priority)s::smallint, t.priority),
     tags = coalesce(%(tags)s::text[], t.tags),
     recurrence = CASE WHEN %(set_recurrence)s THEN %(recurrence)s ELSE t.recurrence END
-WHERE t.id = %(id)s AND (%(if_match)s::text[] IS NULL OR taskapi.task_etag(t) = ANY (%(if_match)s::text[]))
-RETURNING taskapi.task_json(t)::text, taskapi.task_etag(t)
+""" + _THIS_VERSION + """RETURNING taskapi.task_json(t)::text, taskapi.task_etag(t)
 """)
 
 
@@ -345,8 +349,7 @@ async def patch_task(request: Request[Any, Any, Any], task_id: str, data: TaskCh
 # Flips `completed` in one statement, so two concurrent toggles give two flips, never one.
 TOGGLE_TASK = Statement("""
 UPDATE taskapi.tasks AS t SET completed = NOT t.completed
-WHERE t.id = %(id)s AND (%(if_match)s::text[] IS NULL OR taskapi.task_etag(t) = ANY (%(if_match)s::text[]))
-RETURNING taskapi.task_json(t)::text, taskapi.task_etag(t)
+""" + _THIS_VERSION + """RETURNING taskapi.task_json(t)::text, taskapi.task_etag(t)
 """)
 
 
@@ -361,8 +364,7 @@ async def toggle_task(request: Request[Any, Any, Any], task_id: str,
 
 DELETE_TASK = Statement("""
 DELETE FROM taskapi.tasks AS t
-WHERE t.id = %(id)s AND (%(if_match)s::text[] IS NULL OR taskapi.task_etag(t) = ANY (%(if_match)s::text[]))
-RETURNING '{"message": "Task deleted"}', NULL::text
+""" + _THIS_VERSION + """RETURNING '{"message": "Task deleted"}', NULL::text
 """)
 
 
