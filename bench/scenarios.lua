@@ -67,15 +67,20 @@ local function list()
     return wrk.format("GET", "/api/tasks", auth(math.random(#tokens)))
 end
 
-local function list_cold()
-    local token = once_tokens[next_once]
-    if token == nil then
-        -- out of fresh tokens: reuse (the run no longer measures cold tokens and is marked failed)
-        extra.reused = (extra.reused or 0) + 1
-        next_once = thread_id + 1
-        token = once_tokens[next_once]
+-- This thread's next item of a list used once per item (thread t takes t + 1, t + 1 + step, ...) and
+-- its index. Past the end it starts over at the thread's first and counts that in extra[over], which
+-- fails the run (bench/wrk.py).
+local function take(items, index, over)
+    if items[index] == nil then
+        extra[over] = (extra[over] or 0) + 1
+        index = thread_id + 1
     end
-    next_once = next_once + step
+    return items[index], index
+end
+
+local function list_cold()
+    local token, index = take(once_tokens, next_once, "reused")  -- reused: no longer a cold token
+    next_once = index + step
     return wrk.format("GET", "/api/tasks", {["Authorization"] = "Bearer " .. token})
 end
 
@@ -106,14 +111,7 @@ local function toggle()
 end
 
 local function delete()
-    local index = next_delete
-    local p = deletes[index]
-    if p == nil then
-        -- out of prepared tasks: wrap around (these answer 404, and the run is marked failed)
-        extra.wrapped = (extra.wrapped or 0) + 1
-        index = thread_id + 1
-        p = deletes[index]
-    end
+    local p, index = take(deletes, next_delete, "wrapped")  -- wrapped: these answer 404
     extra.max_delete = math.max(extra.max_delete or 0, index)
     next_delete = index + step
     return wrk.format("DELETE", "/api/tasks/" .. p[2], auth(p[1]))
