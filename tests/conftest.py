@@ -120,6 +120,17 @@ def start_embedded(data_dir: Path) -> tuple[Cluster, object]:
     return Cluster(admin_dsn=server.dsn(), embedded=server), server
 
 
+@contextlib.contextmanager
+def embedded_cluster(prefix: str) -> Iterator[Cluster]:
+    """An embedded PostgreSQL of this session's own, its data directory named by `prefix`; stopped and removed after."""
+    with embedded_data_dir(prefix) as data_dir:
+        started, server = start_embedded(data_dir)
+        try:
+            yield started
+        finally:
+            server.stop()  # type: ignore[attr-defined]
+
+
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     url = os.environ.get("TEST_DATABASE_URL", "").strip()
@@ -131,12 +142,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield Cluster(admin_dsn=url, pooler_url=pooler_url)
         return
     assert pooler_url is None, "TEST_POOLER_URL needs TEST_DATABASE_URL: the pooler must reach the server by TCP"
-    with embedded_data_dir("taskapi-test-pg-") as data_dir:
-        started, server = start_embedded(data_dir)
-        try:
-            yield started
-        finally:
-            server.stop()  # type: ignore[attr-defined]
+    with embedded_cluster("taskapi-test-pg-") as started:
+        yield started
 
 
 @pytest.fixture(scope="session")
@@ -157,12 +164,8 @@ def private_cluster(cluster: Cluster) -> Iterator[Cluster]:
     if cluster.embedded is not None:
         yield cluster
         return
-    with embedded_data_dir("taskapi-private-pg-") as data_dir:
-        started, server = start_embedded(data_dir)
-        try:
-            yield started
-        finally:
-            server.stop()  # type: ignore[attr-defined]
+    with embedded_cluster("taskapi-private-pg-") as started:
+        yield started
 
 
 @contextlib.contextmanager
